@@ -1,0 +1,455 @@
+import Foundation
+import NIOCore
+import Synchronization
+
+public struct HubConfig: Sendable {
+    /// Refuse chat (room messages, direct messages, /me) from guests.
+    public var requireLogin: Bool
+    /// The room every new session starts in; it is never removed.
+    public var lobby: String
+
+    public init(requireLogin: Bool = false, lobby: String = "#lobby") {
+        self.requireLogin = requireLogin
+        self.lobby = lobby
+    }
+}
+
+/// Server-wide counters. Atomics: exact under any interleaving, no lock on the message path.
+public final class HubCounters: Sendable {
+    public let connectionsTotal = Atomic<Int>(0)
+    public let activeSessions = Atomic<Int>(0)
+    /// Chat messages accepted from clients (room messages and direct messages).
+    public let messagesRelayed = Atomic<Int>(0)
+    /// Copies of events handed to recipients.
+    public let deliveries = Atomic<Int>(0)
+    public init() {}
+}
+
+public struct RoomInfo: Sendable, Equatable {
+    public let name: String
+    public let memberCount: Int
+
+    public init(name: String, memberCount: Int) {
+        self.name = name
+        self.memberCount = memberCount
+    }
+}
+
+/// A room: its members and its message sequence. The lock is held while a message is numbered
+/// and its fan-out is submitted, which is what gives every member the same order.
+final class Room: Sendable {
+    let name: String
+    struct State {
+        var members: [Session] = []
+        var sequence: UInt64 = 0
+        /// Set when the room is removed from the hub; a late joiner then recreates it.
+        var closed = false
+    }
+    let state = Mutex(State())
+    init(name: String) { self.name = name }
+}
+
+/// The hub: accounts, rooms and sessions, shared by every door. It knows no wire format: it hands
+/// `HubEvent`s to `SessionSink`s, rendered once per `WireFormat`.
+///
+/// Lock order: `registry` and `rooms` are never held together; a room's own lock may be taken
+/// inside `rooms`; a session's lock is a leaf.
+public final class Hub: Sendable {
+    public let config: HubConfig
+    public let counters = HubCounters()
+    let accounts: any AccountStore
+    let hasher: any PasswordHasher
+    public let throttle: LoginThrottle
+
+    struct Registry {
+        var sessions: [Int: Session] = [:]
+        /// Name key -> ids of the sessions using that name (several for one account).
+        var byName: [String: [Int]] = [:]
+        /// Names being registered right now: nobody else may take them meanwhile.
+        var pendingNames: Set<String> = []
+        var accepting = true
+    }
+    let registry = Mutex(Registry())
+    let rooms = Mutex<[String: Room]>([:])
+    private let nextSessionID = Atomic<Int>(1)
+    private let nextGuestNumber = Atomic<Int>(1)
+    /// A valid bcrypt hash of a random string: an unknown account costs as much to check as a known one.
+    private let dummyHash = Mutex<String?>(nil)
+
+    public init(config: HubConfig = HubConfig(), accounts: any AccountStore, hasher: any PasswordHasher,
+                throttle: LoginThrottle = LoginThrottle()) {
+        self.config = config
+        self.accounts = accounts
+        self.hasher = hasher
+        self.throttle = throttle
+    }
+
+    // MARK: Sessions
+
+    /// Registers a new connection as a guest in the lobby; nil once the hub is shutting down.
+    public func connect(door: String, address: String, sink: any SessionSink) -> Session? {
+        let id = nextSessionID.wrappingAdd(1, ordering: .relaxed).oldValue
+        let session = Session(id: id, name: newGuestName(), door: door, address: address, sink: sink)
+        let accepted = registry.withLock { registry in
+            guard registry.accepting else { return false }
+            registry.sessions[id] = session
+            registry.byName[NameRules.key(session.name), default: []].append(id)
+            return true
+        }
+        guard accepted else { return nil }
+        counters.connectionsTotal.add(1, ordering: .relaxed)
+        counters.activeSessions.add(1, ordering: .relaxed)
+        _ = try? join(session, room: config.lobby)
+        return session
+    }
+
+    /// Removes a session that closed; it leaves every room. Safe to call more than once.
+    public func disconnect(_ session: Session, reason: String? = nil) {
+        let wasConnected = session.state.withLock { state in
+            defer { state.connected = false }
+            return state.connected
+        }
+        guard wasConnected else { return }
+        let (name, roomKeys) = session.state.withLock { ($0.name, $0.rooms) }
+        let accepting = registry.withLock { registry in
+            registry.sessions[session.id] = nil
+            removeName(NameRules.key(name), id: session.id, in: &registry)
+            return registry.accepting
+        }
+        counters.activeSessions.subtract(1, ordering: .relaxed)
+        for key in roomKeys {
+            leaveRoom(session, key: key, name: name, reason: reason, notify: accepting)
+        }
+    }
+
+    /// Closes a session from the server side after telling it why.
+    public func drop(_ session: Session, _ reason: GoodbyeReason) {
+        let sink = session.sink
+        let bytes = sink.format.render(.goodbye(reason))
+        sink.eventLoop.execute { sink.disconnect(finalBytes: bytes) }
+    }
+
+    public func session(id: Int) -> Session? {
+        registry.withLock { $0.sessions[id] }
+    }
+
+    public func sessions(named name: String) -> [Session] {
+        registry.withLock { registry in
+            (registry.byName[NameRules.key(name)] ?? []).compactMap { registry.sessions[$0] }
+        }
+    }
+
+    public func allSessions() -> [Session] {
+        registry.withLock { Array($0.sessions.values) }.sorted { $0.id < $1.id }
+    }
+
+    public func online() -> [SessionInfo] {
+        allSessions().map { $0.info(roomNames: roomNames(for: $0.roomKeys)) }
+    }
+
+    // MARK: Rooms
+
+    /// Joins a room, creating it when needed. Returns the room's display name and whether the
+    /// session was already a member (then nothing is announced).
+    @discardableResult
+    public func join(_ session: Session, room roomName: String) throws(HubError) -> (name: String, alreadyMember: Bool) {
+        if let error = NameRules.validateRoom(roomName) { throw error }
+        let key = NameRules.key(roomName)
+        while true {
+            let room = rooms.withLock { rooms in
+                if let room = rooms[key] { return room }
+                let room = Room(name: roomName)
+                rooms[key] = room
+                return room
+            }
+            let outcome: (joined: Bool, retry: Bool) = room.state.withLock { state in
+                if state.closed { return (false, true) }
+                if state.members.contains(where: { $0 === session }) { return (false, false) }
+                state.members.append(session)
+                session.state.withLock { $0.rooms.append(key) }
+                deliver(.joined(room: room.name, name: session.name), to: state.members)
+                return (true, false)
+            }
+            if outcome.retry { continue }
+            return (room.name, !outcome.joined)
+        }
+    }
+
+    /// Leaves a room; returns its display name.
+    @discardableResult
+    public func part(_ session: Session, room roomName: String, reason: String? = nil) throws(HubError) -> String {
+        let key = NameRules.key(roomName)
+        guard let room = rooms.withLock({ $0[key] }) else {
+            if let error = NameRules.validateRoom(roomName) { throw error }
+            throw .notInRoom(roomName)
+        }
+        guard session.roomKeys.contains(key) else { throw .notInRoom(room.name) }
+        leaveRoom(session, key: key, name: session.name, reason: reason, notify: true)
+        return room.name
+    }
+
+    private func leaveRoom(_ session: Session, key: String, name: String, reason: String?, notify: Bool) {
+        guard let room = rooms.withLock({ $0[key] }) else { return }
+        let nowEmpty = room.state.withLock { state in
+            guard let index = state.members.firstIndex(where: { $0 === session }) else { return false }
+            if notify { deliver(.parted(room: room.name, name: name, reason: reason), to: state.members) }
+            state.members.remove(at: index)
+            session.state.withLock { $0.rooms.removeAll { $0 == key } }
+            return state.members.isEmpty
+        }
+        guard nowEmpty, key != NameRules.key(config.lobby) else { return }
+        rooms.withLock { rooms in
+            room.state.withLock { state in
+                guard state.members.isEmpty, rooms[key] === room else { return }
+                state.closed = true
+                rooms[key] = nil
+            }
+        }
+    }
+
+    public func roomList() -> [RoomInfo] {
+        let all = rooms.withLock { Array($0.values) }
+        return all.map { room in RoomInfo(name: room.name, memberCount: room.state.withLock { $0.members.count }) }
+            .sorted { NameRules.key($0.name) < NameRules.key($1.name) }
+    }
+
+    public func roomName(_ name: String) -> String? {
+        rooms.withLock { $0[NameRules.key(name)]?.name }
+    }
+
+    /// Members of a room, in join order; nil when there is no such room.
+    public func members(of roomName: String) -> [Session]? {
+        guard let room = rooms.withLock({ $0[NameRules.key(roomName)] }) else { return nil }
+        return room.state.withLock { $0.members }
+    }
+
+    public func roomNames(for keys: [String]) -> [String] {
+        rooms.withLock { rooms in keys.compactMap { rooms[$0]?.name } }
+    }
+
+    // MARK: Chat
+
+    /// Sends a message to a room the session is in. Every other member is handed it before the
+    /// sender gets its echo, which is the sender's acknowledgement.
+    public func say(_ session: Session, room roomName: String, text: String, kind: MessageKind = .say) throws(HubError) {
+        if config.requireLogin && !session.isLoggedIn { throw .loginRequired }
+        guard let text = NameRules.cleanText(text) else { throw .emptyMessage }
+        let key = NameRules.key(roomName)
+        guard let room = rooms.withLock({ $0[key] }) else { throw .noSuchRoom(roomName) }
+        guard session.roomKeys.contains(key) else { throw .notInRoom(room.name) }
+        let sender = session.name
+        room.state.withLock { state in
+            state.sequence += 1
+            let message = RoomMessage(room: room.name, sender: sender, text: text, kind: kind,
+                                      sequence: state.sequence, time: Date())
+            deliver(.message(message), to: state.members, last: session)
+        }
+        counters.messagesRelayed.add(1, ordering: .relaxed)
+    }
+
+    /// A direct message to every session of a name; the sender gets an echo after the recipients.
+    public func direct(_ session: Session, to name: String, text: String) throws(HubError) {
+        if config.requireLogin && !session.isLoggedIn { throw .loginRequired }
+        guard let text = NameRules.cleanText(text) else { throw .emptyMessage }
+        let recipients = sessions(named: name)
+        guard let first = recipients.first else { throw .noSuchUser(name) }
+        let sender = session.name
+        deliver(.direct(from: sender, to: first.name, text: text, echo: false), to: recipients)
+        deliver(.direct(from: sender, to: first.name, text: text, echo: true), to: [session])
+        counters.messagesRelayed.add(1, ordering: .relaxed)
+    }
+
+    /// A server notice to everyone connected.
+    public func notice(_ text: String) {
+        deliver(.notice(text), to: allSessions())
+    }
+
+    /// Disconnects every session of that name; returns how many.
+    public func kick(name: String, reason: String?) -> Int {
+        let targets = sessions(named: name)
+        for session in targets { drop(session, .kicked(reason: reason)) }
+        return targets.count
+    }
+
+    /// Stops accepting sessions and tells every session goodbye; returns how many were told.
+    public func shutdown() -> Int {
+        let all = registry.withLock { registry in
+            registry.accepting = false
+            return Array(registry.sessions.values)
+        }
+        for session in all { drop(session, .shutdown) }
+        return all.count
+    }
+
+    // MARK: Accounts
+
+    public func register(_ session: Session, name: String, password: String) async throws(HubError) {
+        if let account = session.account { throw .alreadyLoggedIn(account) }
+        if let error = NameRules.validateName(name) { throw error }
+        if let error = NameRules.validatePassword(password) { throw error }
+        let key = NameRules.key(name)
+        try registry.withLock { (registry) throws(HubError) in
+            let holders = registry.byName[key] ?? []
+            if registry.pendingNames.contains(key) || holders.contains(where: { $0 != session.id }) {
+                throw .nameTaken(name)
+            }
+            registry.pendingNames.insert(key)
+        }
+        defer { _ = registry.withLock { $0.pendingNames.remove(key) } }
+        let created: Bool
+        do {
+            let hash = try await hasher.hash(password)
+            created = try await accounts.createAccount(AccountRecord(name: name, passwordHash: hash, createdAt: Date()))
+        } catch {
+            throw .storeFailed("create the account")
+        }
+        guard created else { throw .nameTaken(name) }
+        rename(session, to: name, account: name)
+    }
+
+    public func login(_ session: Session, name: String, password: String) async throws(HubError) {
+        if let account = session.account { throw .alreadyLoggedIn(account) }
+        let keys = ["account:" + NameRules.key(name), "address:" + Self.host(of: session.address)]
+        let wait = throttle.admit(keys: keys)
+        if wait > .zero { try? await Task.sleep(for: wait) }
+        let record: AccountRecord?
+        let matches: Bool
+        do {
+            record = try await accounts.account(named: name)
+            let hash: String
+            if let record { hash = record.passwordHash } else { hash = try await dummyPasswordHash() }
+            let verified = try await hasher.verify(password, against: hash)
+            matches = verified && record != nil
+        } catch {
+            throw .storeFailed("check the login")
+        }
+        guard matches, let record else {
+            throttle.recordFailure(keys: keys)
+            throw .loginFailed
+        }
+        throttle.recordSuccess(keys: keys)
+        guard session.state.withLock({ $0.connected }) else { return }
+        rename(session, to: record.name, account: record.name)
+    }
+
+    public func logout(_ session: Session) throws(HubError) {
+        guard session.isLoggedIn else { throw .notLoggedIn }
+        rename(session, to: newGuestName(), account: nil)
+    }
+
+    /// A guest picks a name: one no account has and no one online uses.
+    public func changeGuestName(_ session: Session, to name: String) async throws(HubError) {
+        if let account = session.account { throw .alreadyLoggedIn(account) }
+        if let error = NameRules.validateName(name) { throw error }
+        let exists: Bool
+        do {
+            exists = try await accounts.account(named: name) != nil
+        } catch {
+            throw .storeFailed("check the name")
+        }
+        if exists { throw .nameTaken(name) }
+        let key = NameRules.key(name)
+        try registry.withLock { (registry) throws(HubError) in
+            let holders = registry.byName[key] ?? []
+            if registry.pendingNames.contains(key) || holders.contains(where: { $0 != session.id }) {
+                throw .nameTaken(name)
+            }
+        }
+        rename(session, to: name, account: nil)
+    }
+
+    /// Changes a session's name and tells it and everyone sharing a room with it.
+    private func rename(_ session: Session, to newName: String, account: String?) {
+        let (oldName, roomKeys) = session.state.withLock { state in
+            defer {
+                state.name = newName
+                state.account = account
+            }
+            return (state.name, state.rooms)
+        }
+        registry.withLock { registry in
+            removeName(NameRules.key(oldName), id: session.id, in: &registry)
+            registry.byName[NameRules.key(newName), default: []].append(session.id)
+        }
+        guard oldName != newName else { return }
+        var seen: Set<Int> = [session.id]
+        var recipients = [session]
+        for key in roomKeys {
+            for member in members(of: key) ?? [] where seen.insert(member.id).inserted {
+                recipients.append(member)
+            }
+        }
+        deliver(.renamed(old: oldName, new: newName), to: recipients)
+    }
+
+    private func removeName(_ key: String, id: Int, in registry: inout Registry) {
+        guard var ids = registry.byName[key] else { return }
+        ids.removeAll { $0 == id }
+        registry.byName[key] = ids.isEmpty ? nil : ids
+    }
+
+    private func newGuestName() -> String {
+        "guest-\(nextGuestNumber.wrappingAdd(1, ordering: .relaxed).oldValue)"
+    }
+
+    private func dummyPasswordHash() async throws -> String {
+        if let hash = dummyHash.withLock({ $0 }) { return hash }
+        let hash = try await hasher.hash(UUID().uuidString)
+        dummyHash.withLock { $0 = hash }
+        return hash
+    }
+
+    static func host(of address: String) -> String {
+        // "[::1]:5000" or "127.0.0.1:5000" -> the part before the port.
+        guard let colon = address.lastIndex(of: ":") else { return address }
+        return String(address[..<colon])
+    }
+
+    // MARK: Fan-out
+
+    /// Hands an event to recipients: rendered once per wire format, one task per event loop,
+    /// each recipient flushed once. `last`, when given, is handed its copy after everyone else.
+    func deliver(_ event: HubEvent, to recipients: [Session], last: Session? = nil) {
+        var rendered: [(format: ObjectIdentifier, bytes: ByteBuffer?)] = []
+        var batches: [(loop: any EventLoop, items: [(any SessionSink, ByteBuffer)])] = []
+        var count = 0
+
+        func add(_ session: Session) {
+            let sink = session.sink
+            let formatID = ObjectIdentifier(sink.format)
+            let bytes: ByteBuffer?
+            if let cached = rendered.first(where: { $0.format == formatID }) {
+                bytes = cached.bytes
+            } else {
+                bytes = sink.format.render(event)
+                rendered.append((formatID, bytes))
+            }
+            guard let bytes else { return }
+            let loopID = ObjectIdentifier(sink.eventLoop)
+            if let index = batches.firstIndex(where: { ObjectIdentifier($0.loop) == loopID }) {
+                batches[index].items.append((sink, bytes))
+            } else {
+                batches.append((sink.eventLoop, [(sink, bytes)]))
+            }
+            count += 1
+        }
+
+        for recipient in recipients where recipient !== last { add(recipient) }
+        if let last {
+            add(last)
+            // The sender's loop goes last, so its echo is submitted after every other copy.
+            let loopID = ObjectIdentifier(last.sink.eventLoop)
+            if let index = batches.firstIndex(where: { ObjectIdentifier($0.loop) == loopID }), index != batches.count - 1 {
+                batches.append(batches.remove(at: index))
+            }
+        }
+        for batch in batches {
+            let items = batch.items
+            batch.loop.execute {
+                for (sink, bytes) in items { sink.enqueue(bytes) }
+                for (sink, _) in items { sink.flushQueued() }
+            }
+        }
+        counters.deliveries.add(count, ordering: .relaxed)
+    }
+}

@@ -1,0 +1,71 @@
+/// The rules for names, rooms, passwords and message text, shared by every door.
+/// Each violation has its own reason, so a user is told exactly which rule was broken.
+public enum NameRules {
+    public static let nameLength = 2...20
+    public static let roomLength = 1...32
+    public static let passwordBytes = 8...72
+    public static let guestPrefix = "guest"
+
+    /// Lowercased ASCII: names and rooms compare case-insensitively (CASEMAPPING=ascii).
+    public static func key(_ name: String) -> String {
+        String(decoding: name.utf8.map { ($0 >= 65 && $0 <= 90) ? $0 + 32 : $0 }, as: UTF8.self)
+    }
+
+    /// Checks an account or nick name; `forGuest` allows the reserved `guest` prefix.
+    public static func validateName(_ name: String, forGuest: Bool = false) -> HubError? {
+        let scalars = Array(name.unicodeScalars)
+        guard nameLength.contains(scalars.count) else {
+            return .badName("A name must be \(nameLength.lowerBound) to \(nameLength.upperBound) characters long; \"\(name.prefix(40))\" has \(scalars.count).")
+        }
+        guard let first = scalars.first, isASCIILetter(first) else {
+            return .badName("A name must start with a letter (a-z, A-Z).")
+        }
+        if let bad = scalars.first(where: { !(isASCIILetter($0) || isDigit($0) || $0 == "_" || $0 == "-") }) {
+            return .badName("A name may contain only letters, digits, '_' and '-'; \"\(bad.escaped(asASCII: true))\" is not allowed.")
+        }
+        if !forGuest && key(name).hasPrefix(guestPrefix) {
+            return .badName("Names starting with \"guest\" are kept for guests; choose another name.")
+        }
+        return nil
+    }
+
+    public static func validateRoom(_ room: String) -> HubError? {
+        let scalars = Array(room.unicodeScalars)
+        guard scalars.first == "#" else {
+            return .badRoom("A room name starts with '#', for example #lobby.")
+        }
+        let body = scalars.dropFirst()
+        guard roomLength.contains(body.count) else {
+            return .badRoom("A room name has 1 to \(roomLength.upperBound) characters after the '#'.")
+        }
+        guard body.allSatisfy({ isASCIILetter($0) || isDigit($0) || $0 == "_" || $0 == "-" }) else {
+            return .badRoom("A room name may contain only letters, digits, '_' and '-' after the '#'.")
+        }
+        return nil
+    }
+
+    public static func validatePassword(_ password: String) -> HubError? {
+        let count = password.utf8.count
+        if count < passwordBytes.lowerBound {
+            return .badPassword("A password must be at least \(passwordBytes.lowerBound) characters long.")
+        }
+        if count > passwordBytes.upperBound {
+            return .badPassword("A password may be at most \(passwordBytes.upperBound) bytes long.")
+        }
+        return nil
+    }
+
+    /// Message text with control characters (other than tab) removed, so no door can be
+    /// tricked into splitting a line; nil when nothing printable is left.
+    public static func cleanText(_ text: String) -> String? {
+        var scalars = String.UnicodeScalarView()
+        for scalar in text.unicodeScalars where scalar == "\t" || !(scalar.value < 0x20 || scalar.value == 0x7F) {
+            scalars.append(scalar)
+        }
+        let cleaned = String(scalars)
+        return cleaned.allSatisfy({ $0.isWhitespace }) ? nil : cleaned
+    }
+
+    private static func isASCIILetter(_ s: Unicode.Scalar) -> Bool { (s >= "a" && s <= "z") || (s >= "A" && s <= "Z") }
+    private static func isDigit(_ s: Unicode.Scalar) -> Bool { s >= "0" && s <= "9" }
+}

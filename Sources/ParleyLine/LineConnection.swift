@@ -1,0 +1,335 @@
+import NIOCore
+import ParleyCore
+import Synchronization
+
+public struct LineDoorConfig: Sendable {
+    public var maxLineLength = 8192
+    /// Pending bytes with no line ending for this long count as a line.
+    public var quietPeriod = TimeAmount.milliseconds(100)
+    /// Flood control: a burst of this many lines, then `floodRate` lines a second; 0 turns it off.
+    public var floodBurst = 200.0
+    public var floodRate = 100.0
+    /// How long a disconnecting client gets to take its last lines before the socket is closed anyway.
+    public var closeGrace = TimeAmount.seconds(2)
+
+    public init() {}
+}
+
+/// The hub's handle on one line-protocol connection. Called on the channel's event loop only.
+final class LineSink: SessionSink {
+    let channel: any Channel
+    let closeGrace: TimeAmount
+    /// Set once the connection is being closed; later output is dropped.
+    private let closing = Atomic<Bool>(false)
+
+    var eventLoop: any EventLoop { channel.eventLoop }
+    var format: any WireFormat { LineFormat.shared }
+    var isClosing: Bool { closing.load(ordering: .relaxed) }
+
+    init(channel: any Channel, closeGrace: TimeAmount) {
+        self.channel = channel
+        self.closeGrace = closeGrace
+    }
+
+    func enqueue(_ bytes: ByteBuffer) {
+        guard !isClosing else { return }
+        channel.write(bytes, promise: nil)
+        if !channel.isWritable {
+            // Producer-consumer with a bound: a client that stopped reading is cut off, not buffered forever.
+            var last = ByteBuffer(string: LineReply.err("sendq-exceeded", "You stopped reading and more than your outbound limit queued up; disconnecting. Reconnect to continue.") + "\n")
+            if let bye = format.render(.goodbye(.sendqExceeded)) { last.writeImmutableBuffer(bye) }
+            disconnect(finalBytes: last)
+        }
+    }
+
+    func flushQueued() {
+        guard !isClosing else { return }
+        channel.flush()
+    }
+
+    func disconnect(finalBytes: ByteBuffer?) {
+        guard !closing.exchange(true, ordering: .relaxed) else { return }
+        let channel = self.channel
+        let close: @Sendable (Result<Void, any Error>) -> Void = { _ in channel.close(promise: nil) }
+        if let finalBytes {
+            channel.writeAndFlush(finalBytes).whenComplete(close)
+        } else {
+            channel.close(promise: nil)
+        }
+        // A client that does not read would keep the final write pending forever.
+        channel.eventLoop.scheduleTask(in: closeGrace) { channel.close(promise: nil) }
+    }
+}
+
+/// One line-protocol connection: framing, flood control, commands. Its state lives on the channel's
+/// event loop (thread confinement); only hub calls cross threads.
+public final class LineConnectionHandler: ChannelDuplexHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
+
+    private let hub: Hub
+    private let config: LineDoorConfig
+    private var framer: LineFramer
+    private var sink: LineSink?
+    private var session: Session?
+    /// The room plain lines go to (the line protocol's idea; the hub has none).
+    private var currentRoom: String?
+
+    /// A command that takes time (password hashing) is running: handle no further line until it ends.
+    private var awaitingCommand = false
+    /// Over the flood allowance: reading is paused until the bucket refills.
+    private var floodPaused = false
+    private var readPending = false
+    private var tokens: Double
+    private var lastRefill = NIODeadline.now()
+    private var toldAboutFlood = false
+    private var quietTimer: Scheduled<Void>?
+    private var wroteSinceFlush = false
+
+    public init(hub: Hub, config: LineDoorConfig) {
+        self.hub = hub
+        self.config = config
+        self.framer = LineFramer(maxLineLength: config.maxLineLength)
+        self.tokens = config.floodBurst
+    }
+
+    private var paused: Bool { awaitingCommand || floodPaused }
+    private var closing: Bool { sink?.isClosing ?? true }
+
+    // MARK: Channel events
+
+    public func channelActive(context: ChannelHandlerContext) {
+        let sink = LineSink(channel: context.channel, closeGrace: config.closeGrace)
+        self.sink = sink
+        guard let session = hub.connect(door: "line", address: Self.describe(context.channel.remoteAddress), sink: sink) else {
+            sink.disconnect(finalBytes: LineFormat.shared.render(.goodbye(.shutdown)))
+            return
+        }
+        self.session = session
+        currentRoom = hub.config.lobby
+        reply(context, LineReply.welcome(name: session.name, room: hub.config.lobby))
+        flushIfNeeded(context)
+        context.fireChannelActive()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        quietTimer?.cancel()
+        if let session { hub.disconnect(session) }
+        context.fireChannelInactive()
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        framer.append(unwrapInboundIn(data))
+        quietTimer?.cancel()
+        quietTimer = nil
+        processLines(context)
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A reset or a broken pipe: the client is gone. Nobody else is affected.
+        context.close(promise: nil)
+    }
+
+    public func read(context: ChannelHandlerContext) {
+        if paused {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    // MARK: Lines
+
+    private func processLines(_ context: ChannelHandlerContext) {
+        while !paused && !closing, let framed = framer.next() {
+            handle(framed, context)
+            spendToken(context)
+        }
+        flushIfNeeded(context)
+        if !paused && !closing && framer.hasPartialLine && quietTimer == nil {
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+            quietTimer = context.eventLoop.scheduleTask(in: config.quietPeriod) {
+                handler.value.quietPeriodExpired(boundContext.value)
+            }
+        }
+    }
+
+    private func quietPeriodExpired(_ context: ChannelHandlerContext) {
+        quietTimer = nil
+        guard !paused else { return }
+        framer.terminatePartialLine()
+        processLines(context)
+    }
+
+    private func pause(_ context: ChannelHandlerContext) {
+        quietTimer?.cancel()
+        quietTimer = nil
+    }
+
+    private func resume(_ context: ChannelHandlerContext) {
+        guard !paused else { return }
+        processLines(context)
+        if !paused && readPending {
+            readPending = false
+            context.read()
+        }
+    }
+
+    /// Token bucket: each line costs one token; a client in debt is not read until it is repaid.
+    private func spendToken(_ context: ChannelHandlerContext) {
+        guard config.floodRate > 0 else { return }
+        let now = NIODeadline.now()
+        let elapsed = Double((now - lastRefill).nanoseconds) / 1e9
+        tokens = min(config.floodBurst, tokens + elapsed * config.floodRate)
+        lastRefill = now
+        tokens -= 1
+        guard tokens < 0 else { return }
+        floodPaused = true
+        pause(context)
+        if !toldAboutFlood {
+            toldAboutFlood = true
+            reply(context, LineReply.info("You are sending faster than \(Int(config.floodRate)) lines a second; your lines are being delayed, none is lost."))
+        }
+        let wait = TimeAmount.nanoseconds(Int64((1 - tokens) / config.floodRate * 1e9))
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: wait) {
+            let handler = handler.value
+            handler.floodPaused = false
+            handler.resume(boundContext.value)
+        }
+    }
+
+    private func handle(_ framed: FramedLine, _ context: ChannelHandlerContext) {
+        guard case .line(let bytes) = framed else {
+            reply(context, LineReply.err("line-too-long", "Lines may be at most \(config.maxLineLength) bytes; that one was discarded. Send long text in several lines."))
+            return
+        }
+        guard let line = String(validating: bytes.readableBytesView, as: UTF8.self) else {
+            reply(context, LineReply.err("invalid-utf8", "That line was not valid UTF-8 text and was ignored."))
+            return
+        }
+        switch LineParser.parse(line) {
+        case .success(nil): return
+        case .success(let command?): execute(command, context)
+        case .failure(let error): reply(context, LineReply.error(error))
+        }
+    }
+
+    private func execute(_ command: LineCommand, _ context: ChannelHandlerContext) {
+        guard let session else { return }
+        let hub = self.hub
+        do throws(HubError) {
+            switch command {
+            case .say(let text), .me(let text):
+                guard let room = currentRoom else { throw .noCurrentRoom }
+                if case .me = command {
+                    try hub.say(session, room: room, text: text, kind: .action)
+                } else {
+                    try hub.say(session, room: room, text: text)
+                }
+            case .msg(let to, let text):
+                try hub.direct(session, to: to, text: text)
+            case .register(let name, let password):
+                runSlowCommand(context) { () throws(HubError) in
+                    try await hub.register(session, name: name, password: password)
+                    return LineReply.ok("register", "Account \(session.name) created. You are now logged in as \(session.name).")
+                }
+            case .login(let name, let password):
+                runSlowCommand(context) { () throws(HubError) in
+                    try await hub.login(session, name: name, password: password)
+                    return LineReply.ok("login", "You are now logged in as \(session.name).")
+                }
+            case .nick(let name):
+                runSlowCommand(context) { () throws(HubError) in
+                    try await hub.changeGuestName(session, to: name)
+                    return LineReply.ok("nick", "You are now called \(session.name).")
+                }
+            case .logout:
+                try hub.logout(session)
+                reply(context, LineReply.ok("logout", "You are logged out and now called \(session.name)."))
+            case .join(let room):
+                let joined = try hub.join(session, room: room)
+                currentRoom = joined.name
+                reply(context, LineReply.ok("join", "You are now talking in \(joined.name)."))
+            case .leave(let room):
+                guard let target = room ?? currentRoom else { throw .noCurrentRoom }
+                let left = try hub.part(session, room: target)
+                if let current = currentRoom, NameRules.key(current) == NameRules.key(left) {
+                    currentRoom = hub.roomNames(for: session.roomKeys).last
+                }
+                let next = currentRoom.map { " You are now talking in \($0)." } ?? " You are in no room; /join one to talk."
+                reply(context, LineReply.ok("leave", "You left \(left)." + next))
+            case .rooms:
+                let rooms = hub.roomList()
+                for room in rooms { reply(context, LineReply.room(room)) }
+                reply(context, LineReply.ok("rooms", "\(rooms.count) room\(rooms.count == 1 ? "" : "s")."))
+            case .who(let room):
+                guard let target = room ?? currentRoom else { throw .noCurrentRoom }
+                if let error = NameRules.validateRoom(target) { throw error }
+                guard let members = hub.members(of: target), let name = hub.roomName(target) else { throw .noSuchRoom(target) }
+                for member in members { reply(context, LineReply.user(member.name, rooms: hub.roomNames(for: member.roomKeys))) }
+                reply(context, LineReply.ok("who", "\(members.count) in \(name)."))
+            case .list:
+                let everyone = hub.online()
+                for person in everyone { reply(context, LineReply.user(person.name, rooms: person.rooms)) }
+                reply(context, LineReply.ok("list", "\(everyone.count) online."))
+            case .help:
+                for line in LineReply.help() { reply(context, line) }
+            case .quit(let reason):
+                hub.disconnect(session, reason: reason)
+                sink?.disconnect(finalBytes: ByteBuffer(string: LineReply.bye("Goodbye, \(session.name).") + "\n"))
+            }
+        } catch {
+            reply(context, LineReply.error(error))
+        }
+    }
+
+    /// Runs a command off the event loop (it awaits the password hasher or the store) and handles no
+    /// further line of this client until it is answered.
+    private func runSlowCommand(_ context: ChannelHandlerContext, _ work: @escaping @Sendable () async throws(HubError) -> String) {
+        awaitingCommand = true
+        pause(context)
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        Task {
+            let answer: String
+            do throws(HubError) {
+                answer = try await work()
+            } catch {
+                answer = LineReply.error(error)
+            }
+            loop.execute {
+                let handler = handler.value
+                let context = boundContext.value
+                handler.awaitingCommand = false
+                guard !handler.closing else { return }
+                handler.reply(context, answer)
+                handler.resume(context)
+                handler.flushIfNeeded(context)
+            }
+        }
+    }
+
+    private func reply(_ context: ChannelHandlerContext, _ line: String) {
+        guard !closing else { return }
+        context.write(wrapOutboundOut(ByteBuffer(string: line + "\n")), promise: nil)
+        wroteSinceFlush = true
+    }
+
+    private func flushIfNeeded(_ context: ChannelHandlerContext) {
+        guard wroteSinceFlush else { return }
+        wroteSinceFlush = false
+        context.flush()
+    }
+
+    static func describe(_ address: SocketAddress?) -> String {
+        guard let address, let ip = address.ipAddress else { return "unknown" }
+        let port = address.port ?? 0
+        if case .v6 = address { return "[\(ip)]:\(port)" }
+        return "\(ip):\(port)"
+    }
+}

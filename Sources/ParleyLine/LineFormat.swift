@@ -1,0 +1,89 @@
+import NIOCore
+import ParleyCore
+
+/// Renders hub events and replies as line-protocol lines: a type tag, fields, then text for humans.
+public final class LineFormat: WireFormat {
+    public static let shared = LineFormat()
+
+    public func render(_ event: HubEvent) -> ByteBuffer? {
+        ByteBuffer(string: Self.text(of: event) + "\n")
+    }
+
+    public static func text(of event: HubEvent) -> String {
+        switch event {
+        case .message(let message):
+            switch message.kind {
+            case .say: return "MSG \(message.room) \(message.sender): \(message.text)"
+            case .action: return "ACTION \(message.room) \(message.sender) \(message.text)"
+            }
+        case .direct(let from, let to, let text, let echo):
+            return echo ? "DM to \(to): \(text)" : "DM from \(from): \(text)"
+        case .joined(let room, let name):
+            return "JOIN \(room) \(name)"
+        case .parted(let room, let name, let reason):
+            return "PART \(room) \(name)" + (reason.map { " \($0)" } ?? "")
+        case .renamed(let old, let new):
+            return "NICK \(old) \(new)"
+        case .notice(let text):
+            return "NOTICE server: \(text)"
+        case .goodbye(let reason):
+            switch reason {
+            case .quit: return "BYE Goodbye."
+            case .kicked(let why): return "BYE You were disconnected by the server operator" + (why.map { ": \($0)" } ?? ".")
+            case .shutdown: return "BYE The server is shutting down. Goodbye!"
+            case .sendqExceeded: return "BYE Disconnected: you stopped reading and your queue overflowed."
+            }
+        }
+    }
+}
+
+/// The line-protocol replies to one client's commands.
+public enum LineReply {
+    public static func welcome(name: String, room: String) -> String {
+        "WELCOME \(name) Welcome to Parley, \(name)! You are in \(room). Type /help for commands, /quit to leave."
+    }
+    public static func ok(_ command: String, _ text: String) -> String { "OK \(command) \(text)" }
+    public static func err(_ code: String, _ text: String) -> String { "ERR \(code) \(text)" }
+    public static func info(_ text: String) -> String { "INFO \(text)" }
+    public static func bye(_ text: String) -> String { "BYE \(text)" }
+    public static func room(_ info: RoomInfo) -> String { "ROOM \(info.name) \(info.memberCount)" }
+    public static func user(_ name: String, rooms: [String]) -> String {
+        "USER \(name) \(rooms.isEmpty ? "-" : rooms.joined(separator: ","))"
+    }
+    public static func help() -> [String] {
+        LineParser.commands.map { "HELP \($0.form)  \($0.summary)" }
+            + [ok("help", "Any line that does not start with / is sent to your current room.")]
+    }
+
+    public static func error(_ error: HubError) -> String {
+        err(code(of: error), error.message)
+    }
+
+    public static func error(_ error: LineParseError) -> String {
+        switch error {
+        case .unknownCommand(let name):
+            return err("unknown-command", "Unknown command /\(name). Type /help for the list of commands.")
+        case .usage(_, let form):
+            return err("usage", "Usage: \(form)")
+        }
+    }
+
+    public static func code(of error: HubError) -> String {
+        switch error {
+        case .badName: return "bad-name"
+        case .badRoom: return "bad-room"
+        case .badPassword: return "bad-password"
+        case .nameTaken: return "name-taken"
+        case .loginFailed: return "login-failed"
+        case .alreadyLoggedIn: return "already-logged-in"
+        case .notLoggedIn: return "not-logged-in"
+        case .loginRequired: return "login-required"
+        case .notInRoom, .noCurrentRoom: return "not-in-room"
+        case .noSuchRoom: return "no-such-room"
+        case .noSuchUser: return "no-such-user"
+        case .emptyMessage: return "empty-message"
+        case .shuttingDown: return "shutting-down"
+        case .storeFailed: return "server-error"
+        }
+    }
+}

@@ -1,0 +1,158 @@
+import NIOCore
+import NIOPosix
+import ParleyCore
+import ParleyLine
+import ParleyStore
+import Synchronization
+
+public struct ServerConfig: Sendable {
+    public var listeners: [ListenAddress] = [.defaultLine]
+    public var dataDirectory = "./parley-data"
+    public var requireLogin = false
+    /// Event loops; one per core by default.
+    public var threads = System.coreCount
+    /// bcrypt cost; the command line refuses less than 10. Tests may lower it to save time.
+    public var bcryptCost: UInt8 = 10
+    /// Bytes queued for one client before it is disconnected as a slow reader.
+    public var outboundLimit = 1 << 20
+    public var line = LineDoorConfig()
+    /// How long shutdown waits for connections to finish before closing them anyway.
+    public var shutdownTimeout = Duration.seconds(5)
+
+    public init() {}
+}
+
+public struct BoundListener: Sendable, CustomStringConvertible {
+    public let address: ListenAddress
+    /// The listener with its real port (what port 0 became).
+    public var description: String { address.description }
+}
+
+/// The running server: listeners, the hub, the store and the thread pools, and their shutdown.
+public final class ParleyServer: Sendable {
+    public let config: ServerConfig
+    public let hub: Hub
+    public let store: SQLiteStore
+    private let group: MultiThreadedEventLoopGroup
+    private let hashPool: NIOThreadPool
+
+    private struct State {
+        var serverChannels: [any Channel] = []
+        var connections: [ObjectIdentifier: any Channel] = [:]
+        var stopped = false
+    }
+    private let state = Mutex(State())
+
+    public init(config: ServerConfig) throws {
+        self.config = config
+        store = try SQLiteStore(directory: config.dataDirectory)
+        // Hashing is CPU-bound: a pool smaller than the core count leaves a core to the event loops.
+        hashPool = NIOThreadPool(numberOfThreads: max(1, System.coreCount - 1))
+        hashPool.start()
+        group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.threads))
+        hub = Hub(config: HubConfig(requireLogin: config.requireLogin), accounts: store,
+                  hasher: BcryptHasher(cost: config.bcryptCost, pool: hashPool))
+    }
+
+    /// Binds every listener; returns them with their real ports.
+    public func start() async throws -> [BoundListener] {
+        var bound: [BoundListener] = []
+        do {
+            for address in config.listeners {
+                let channel = try await bind(address)
+                state.withLock { $0.serverChannels.append(channel) }
+                bound.append(BoundListener(address: ListenAddress(
+                    scheme: address.scheme, host: address.host, port: channel.localAddress?.port ?? address.port)))
+            }
+        } catch {
+            await shutdown()
+            throw error
+        }
+        return bound
+    }
+
+    private func bind(_ address: ListenAddress) async throws -> any Channel {
+        let hub = self.hub
+        let lineConfig = config.line
+        let limit = config.outboundLimit
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 4096)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            // NIO accepts only 4 connections per loop tick by default; bursts of connects would time out.
+            .serverChannelOption(.maxMessagesPerRead, value: 256)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: limit / 2, high: limit))
+            .childChannelInitializer { [weak self] channel in
+                self?.track(channel)
+                return channel.eventLoop.makeCompletedFuture {
+                    switch address.scheme {
+                    case .line:
+                        try channel.pipeline.syncOperations.addHandler(LineConnectionHandler(hub: hub, config: lineConfig))
+                    }
+                }
+            }
+        do {
+            return try await bootstrap.bind(host: address.host, port: address.port).get()
+        } catch {
+            throw ServerError.cannotListen(address, reason: "\(error)")
+        }
+    }
+
+    private func track(_ channel: any Channel) {
+        let id = ObjectIdentifier(channel)
+        let accepted = state.withLock { state in
+            guard !state.stopped else { return false }
+            state.connections[id] = channel
+            return true
+        }
+        guard accepted else {
+            channel.close(promise: nil)
+            return
+        }
+        channel.closeFuture.whenComplete { [weak self] _ in
+            _ = self?.state.withLock { $0.connections.removeValue(forKey: id) }
+        }
+    }
+
+    public var connectionCount: Int { state.withLock { $0.connections.count } }
+
+    /// Stops accepting, says goodbye to every client, waits (bounded) for every connection to close,
+    /// then closes the store and the thread pools. Safe to call more than once.
+    public func shutdown() async {
+        let listeners = state.withLock { state -> [any Channel]? in
+            guard !state.stopped else { return nil }
+            state.stopped = true
+            return state.serverChannels
+        }
+        guard let listeners else { return }
+        for channel in listeners { try? await channel.close() }
+        _ = hub.shutdown()
+        let open = state.withLock { Array($0.connections.values) }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for channel in open { try? await channel.closeFuture.get() }
+            }
+            group.addTask { [timeout = config.shutdownTimeout] in
+                // The bound: clients that do not take their goodbye are closed anyway.
+                guard (try? await Task.sleep(for: timeout)) != nil else { return }
+                for channel in open { try? await channel.close() }
+            }
+            await group.next()
+            group.cancelAll()
+        }
+        try? store.close()
+        try? await hashPool.shutdownGracefully()
+        try? await group.shutdownGracefully()
+    }
+}
+
+public enum ServerError: Error, CustomStringConvertible {
+    case cannotListen(ListenAddress, reason: String)
+
+    public var description: String {
+        switch self {
+        case .cannotListen(let address, let reason):
+            return "Cannot listen on \(address): \(reason). Is another server using that port? Pick another with --listen."
+        }
+    }
+}

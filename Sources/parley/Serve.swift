@@ -1,0 +1,123 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import ParleyServer
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the chat server.",
+        discussion: """
+            Prints one line per listener, "listening SCHEME://HOST:PORT", once it is bound. \
+            Reads operator commands from stdin (type help) unless --no-console. \
+            `exit`, SIGINT and SIGTERM shut it down cleanly.
+            """)
+
+    @Option(name: .customLong("listen"), help: "A listener, SCHEME://HOST:PORT (repeatable; port 0 picks a free port). Default: line://127.0.0.1:5555")
+    var listeners: [String] = []
+
+    @Option(help: "Directory of the SQLite database.")
+    var dataDir = "./parley-data"
+
+    @Flag(help: "Refuse chat from guests: an account is needed to talk.")
+    var requireLogin = false
+
+    @Flag(help: "Do not read operator commands from stdin.")
+    var noConsole = false
+
+    @Option(help: "Event loop threads (default: one per core).")
+    var threads: Int?
+
+    @Option(help: "bcrypt cost for new passwords (10 to 16).")
+    var bcryptCost = 10
+
+    @Option(help: "Bytes that may queue up for one client before it is disconnected as a slow reader.")
+    var outboundLimit = 1 << 20
+
+    @Option(help: "Lines a second a client may send after its burst; 0 turns flood control off.")
+    var floodRate = 100.0
+
+    @Option(help: "Lines a client may send in a burst.")
+    var floodBurst = 200.0
+
+    func validate() throws {
+        guard (10...16).contains(bcryptCost) else { throw ValidationError("--bcrypt-cost must be from 10 to 16.") }
+        guard outboundLimit >= 4096 else { throw ValidationError("--outbound-limit must be at least 4096 bytes.") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1.") }
+        guard floodRate >= 0, floodBurst >= 1 else { throw ValidationError("--flood-rate must be 0 or more and --flood-burst at least 1.") }
+    }
+
+    func run() async throws {
+        var config = ServerConfig()
+        do {
+            config.listeners = try listeners.isEmpty ? [.defaultLine] : listeners.map { try ListenAddress(parsing: $0) }
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        config.dataDirectory = dataDir
+        config.requireLogin = requireLogin
+        if let threads { config.threads = threads }
+        config.bcryptCost = UInt8(bcryptCost)
+        config.outboundLimit = outboundLimit
+        config.line.floodRate = floodRate
+        config.line.floodBurst = floodBurst
+
+        let server: ParleyServer
+        let bound: [BoundListener]
+        do {
+            server = try ParleyServer(config: config)
+            bound = try await server.start()
+        } catch {
+            printError("parley: \(error)")
+            throw ExitCode.failure
+        }
+        for listener in bound { print("listening \(listener)") }
+        fflush(nil)
+
+        let (stops, stop) = AsyncStream<String>.makeStream()
+        let signals = watchSignals { stop.yield($0) }
+        if !noConsole { startConsole(Console(hub: server.hub)) { stop.yield("console exit") } }
+
+        for await reason in stops {
+            print("shutting down (\(reason))")
+            fflush(nil)
+            break
+        }
+        await server.shutdown()
+        signals.forEach { $0.cancel() }
+        print("stopped")
+        fflush(nil)
+    }
+
+    /// SIGINT and SIGTERM become a clean shutdown instead of killing the process.
+    private func watchSignals(_ onSignal: @escaping @Sendable (String) -> Void) -> [any DispatchSourceSignal] {
+        [(SIGINT, "SIGINT"), (SIGTERM, "SIGTERM")].map { number, name in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { onSignal(name) }
+            source.resume()
+            return source
+        }
+    }
+
+    /// Reads stdin on a thread of its own (a blocking read must not sit on the cooperative pool).
+    /// End of input stops the console, not the server.
+    private func startConsole(_ console: Console, onExit: @escaping @Sendable () -> Void) {
+        let thread = Thread {
+            while let line = readLine() {
+                switch console.execute(line) {
+                case .output(let lines):
+                    for line in lines { print(line) }
+                    fflush(nil)
+                case .exit:
+                    onExit()
+                    return
+                }
+            }
+        }
+        thread.start()
+    }
+}
+
+func printError(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
+}

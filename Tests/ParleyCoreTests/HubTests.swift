@@ -1,0 +1,192 @@
+import Foundation
+import NIOCore
+import NIOEmbedded
+import Synchronization
+import Testing
+@testable import ParleyCore
+
+/// A wire format that keeps the events themselves, so tests see what each session was handed.
+final class EventFormat: WireFormat {
+    static let shared = EventFormat()
+    let renders = Atomic<Int>(0)
+    func render(_ event: HubEvent) -> ByteBuffer? {
+        renders.add(1, ordering: .relaxed)
+        return ByteBuffer(string: "\(event)")
+    }
+}
+
+final class RecordingSink: SessionSink {
+    let loop: EmbeddedEventLoop
+    let received = Mutex<[String]>([])
+    let flushes = Atomic<Int>(0)
+    let closed = Atomic<Bool>(false)
+    init(loop: EmbeddedEventLoop) { self.loop = loop }
+    var eventLoop: any EventLoop { loop }
+    var format: any WireFormat { EventFormat.shared }
+    func enqueue(_ bytes: ByteBuffer) { received.withLock { $0.append(String(buffer: bytes)) } }
+    func flushQueued() { flushes.add(1, ordering: .relaxed) }
+    func disconnect(finalBytes: ByteBuffer?) {
+        if let finalBytes { enqueue(finalBytes) }
+        closed.store(true, ordering: .relaxed)
+    }
+    var lines: [String] { received.withLock { $0 } }
+}
+
+final class MemoryAccounts: AccountStore {
+    let accounts = Mutex<[String: AccountRecord]>([:])
+    func createAccount(_ record: AccountRecord) async throws -> Bool {
+        accounts.withLock { accounts in
+            let key = NameRules.key(record.name)
+            guard accounts[key] == nil else { return false }
+            accounts[key] = record
+            return true
+        }
+    }
+    func account(named name: String) async throws -> AccountRecord? {
+        accounts.withLock { $0[NameRules.key(name)] }
+    }
+}
+
+/// Not a real hash: the hub's logic is under test here, bcrypt in the end-to-end tests.
+struct PlainHasher: PasswordHasher {
+    func hash(_ password: String) async throws -> String { "plain:" + password }
+    func verify(_ password: String, against hash: String) async throws -> Bool { hash == "plain:" + password }
+}
+
+@Suite struct HubTests {
+    let loop = EmbeddedEventLoop()
+
+    func makeHub(requireLogin: Bool = false) -> Hub {
+        Hub(config: HubConfig(requireLogin: requireLogin), accounts: MemoryAccounts(), hasher: PlainHasher(),
+            throttle: LoginThrottle(freeFailures: 100))
+    }
+
+    func connect(_ hub: Hub) -> (Session, RecordingSink) {
+        let sink = RecordingSink(loop: loop)
+        let session = hub.connect(door: "test", address: "127.0.0.1:1", sink: sink)!
+        loop.run()
+        return (session, sink)
+    }
+
+    @Test func newSessionsAreGuestsInTheLobby() {
+        let hub = makeHub()
+        let (a, sinkA) = connect(hub)
+        let (b, _) = connect(hub)
+        #expect(a.name.hasPrefix("guest-"))
+        #expect(a.name != b.name)
+        #expect(hub.members(of: "#lobby")?.map(\.id) == [a.id, b.id])
+        #expect(sinkA.lines.contains("\(HubEvent.joined(room: "#lobby", name: b.name))"))
+    }
+
+    @Test func roomMessagesReachMembersOnlyAndTheSenderLast() throws {
+        let hub = makeHub()
+        let (a, sinkA) = connect(hub)
+        let (b, sinkB) = connect(hub)
+        let (c, sinkC) = connect(hub)
+        try hub.join(a, room: "#dev")
+        try hub.join(b, room: "#dev")
+        loop.run()
+        let before = (sinkA.lines.count, sinkB.lines.count, sinkC.lines.count)
+        let rendersBefore = EventFormat.shared.renders.load(ordering: .relaxed)
+        try hub.say(a, room: "#dev", text: "hello")
+        loop.run()
+        #expect(sinkA.lines.count == before.0 + 1)
+        #expect(sinkB.lines.count == before.1 + 1)
+        #expect(sinkC.lines.count == before.2)
+        #expect(sinkB.lines.last?.contains("hello") == true)
+        // Rendered once for both recipients.
+        #expect(EventFormat.shared.renders.load(ordering: .relaxed) - rendersBefore == 1)
+        #expect(hub.counters.messagesRelayed.load(ordering: .relaxed) == 1)
+        _ = c
+    }
+
+    @Test func sequenceNumbersGiveATotalOrder() throws {
+        let hub = makeHub()
+        let (a, sinkA) = connect(hub)
+        let (b, _) = connect(hub)
+        for i in 0..<5 {
+            try hub.say(i % 2 == 0 ? a : b, room: "#lobby", text: "m\(i)")
+        }
+        loop.run()
+        let seen = sinkA.lines.filter { $0.contains("text: \"m") }
+        #expect(seen.count == 5)
+        for (i, line) in seen.enumerated() { #expect(line.contains("sequence: \(i + 1)")) }
+    }
+
+    @Test func chatErrors() throws {
+        let hub = makeHub()
+        let (a, _) = connect(hub)
+        #expect(throws: HubError.notInRoom("#lobby")) {
+            try hub.part(a, room: "#lobby"); try hub.say(a, room: "#lobby", text: "x")
+        }
+        #expect(throws: HubError.noSuchRoom("#nowhere")) { try hub.say(a, room: "#nowhere", text: "x") }
+        #expect(throws: HubError.noSuchUser("zed")) { try hub.direct(a, to: "zed", text: "x") }
+        try hub.join(a, room: "#lobby")
+        #expect(throws: HubError.emptyMessage) { try hub.say(a, room: "#lobby", text: " \u{7} ") }
+    }
+
+    @Test func emptyRoomsDisappearButTheLobbyStays() throws {
+        let hub = makeHub()
+        let (a, _) = connect(hub)
+        try hub.join(a, room: "#tmp")
+        #expect(hub.roomList().map(\.name) == ["#lobby", "#tmp"])
+        try hub.part(a, room: "#TMP")
+        try hub.part(a, room: "#lobby")
+        #expect(hub.roomList().map(\.name) == ["#lobby"])
+    }
+
+    @Test func registerLoginLogout() async throws {
+        let hub = makeHub()
+        let (a, _) = connect(hub)
+        let (b, _) = connect(hub)
+        try await hub.register(a, name: "Alice", password: "password1")
+        #expect(a.name == "Alice" && a.account == "Alice")
+        await #expect(throws: HubError.nameTaken("alice")) { try await hub.register(b, name: "alice", password: "password1") }
+        await #expect(throws: HubError.loginFailed) { try await hub.login(b, name: "alice", password: "wrong-password") }
+        await #expect(throws: HubError.loginFailed) { try await hub.login(b, name: "nobody", password: "password1") }
+        try await hub.login(b, name: "ALICE", password: "password1")
+        #expect(b.name == "Alice")
+        #expect(hub.sessions(named: "alice").count == 2)
+        await #expect(throws: HubError.alreadyLoggedIn("Alice")) { try await hub.login(b, name: "alice", password: "password1") }
+        try hub.logout(b)
+        #expect(b.name.hasPrefix("guest-") && b.account == nil)
+        #expect(throws: HubError.notLoggedIn) { try hub.logout(b) }
+    }
+
+    @Test func guestsCannotTakeAccountNames() async throws {
+        let hub = makeHub()
+        let (a, _) = connect(hub)
+        let (b, _) = connect(hub)
+        try await hub.register(a, name: "alice", password: "password1")
+        try hub.logout(a)
+        await #expect(throws: HubError.nameTaken("Alice")) { try await hub.changeGuestName(b, to: "Alice") }
+        try await hub.changeGuestName(b, to: "zed")
+        #expect(b.name == "zed")
+        await #expect(throws: HubError.nameTaken("ZED")) { try await hub.changeGuestName(a, to: "ZED") }
+        await #expect(throws: HubError.nameTaken("zed")) { try await hub.register(a, name: "zed", password: "password1") }
+    }
+
+    @Test func requireLoginRefusesGuestChat() async throws {
+        let hub = makeHub(requireLogin: true)
+        let (a, _) = connect(hub)
+        #expect(throws: HubError.loginRequired) { try hub.say(a, room: "#lobby", text: "hi") }
+        try await hub.register(a, name: "alice", password: "password1")
+        try hub.say(a, room: "#lobby", text: "hi")
+    }
+
+    @Test func disconnectLeavesRoomsAndKickDisconnects() throws {
+        let hub = makeHub()
+        let (a, sinkA) = connect(hub)
+        let (b, _) = connect(hub)
+        hub.disconnect(b)
+        hub.disconnect(b)
+        loop.run()
+        #expect(hub.members(of: "#lobby")?.map(\.id) == [a.id])
+        #expect(sinkA.lines.filter { $0.contains("parted") }.count == 1)
+        #expect(hub.kick(name: a.name, reason: "bye") == 1)
+        loop.run()
+        let closed = sinkA.closed.load(ordering: .relaxed)
+        #expect(closed)
+        #expect(hub.counters.activeSessions.load(ordering: .relaxed) == 1)
+    }
+}

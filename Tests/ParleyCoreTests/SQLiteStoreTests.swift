@@ -1,0 +1,35 @@
+import Foundation
+import Testing
+import ParleyCore
+@testable import ParleyStore
+
+@Suite struct SQLiteStoreTests {
+    @Test func accountsSurviveReopeningAndNamesAreCaseInsensitive() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("parley-store-\(UUID())").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        do {
+            let store = try SQLiteStore(directory: directory)
+            #expect(try await store.createAccount(AccountRecord(name: "Alice", passwordHash: "h", createdAt: Date())))
+            #expect(try await store.createAccount(AccountRecord(name: "alice", passwordHash: "h2", createdAt: Date())) == false)
+            try store.close()
+        }
+        let reopened = try SQLiteStore(directory: directory)
+        let record = try await reopened.account(named: "ALICE")
+        #expect(record?.name == "Alice")
+        #expect(record?.passwordHash == "h")
+        #expect(try await reopened.account(named: "bob") == nil)
+        try reopened.close()
+    }
+
+    @Test func aFileThatIsNotADatabaseGivesAClearError() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("parley-store-\(UUID())").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try Data(repeating: 0x42, count: 4096).write(to: URL(fileURLWithPath: directory + "/parley.sqlite"))
+        #expect {
+            _ = try SQLiteStore(directory: directory)
+        } throws: { error in
+            "\(error)".contains("parley.sqlite") && "\(error)".contains("Cannot open the database")
+        }
+    }
+}
