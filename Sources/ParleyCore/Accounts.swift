@@ -48,7 +48,8 @@ public final class LoginThrottle: Sendable {
         self.maxDelay = maxDelay
     }
 
-    /// How long this attempt must wait before it is checked; reserves the attempt's slot.
+    /// How long this attempt must wait before it is checked. Each admitted attempt takes the next
+    /// slot, so attempts made in parallel wait one after another.
     public func admit(keys: [String], now: ContinuousClock.Instant = .now) -> Duration {
         entries.withLock { entries in
             var wait = Duration.zero
@@ -63,6 +64,7 @@ public final class LoginThrottle: Sendable {
         }
     }
 
+    /// A failed attempt: from the `freeFailures`-th on, the next attempt waits `delay` from now.
     public func recordFailure(keys: [String], now: ContinuousClock.Instant = .now) {
         entries.withLock { entries in
             if entries.count >= maxEntries {
@@ -73,6 +75,9 @@ public final class LoginThrottle: Sendable {
             for key in keys {
                 var entry = entries[key] ?? Entry(failures: 0, nextSlot: now)
                 entry.failures += 1
+                if entry.failures >= freeFailures {
+                    entry.nextSlot = max(entry.nextSlot, now + delay(afterFailures: entry.failures))
+                }
                 entries[key] = entry
             }
         }

@@ -61,6 +61,10 @@ struct Serve: AsyncParsableCommand {
         config.line.floodRate = floodRate
         config.line.floodBurst = floodBurst
 
+        // Watch signals before announcing the listeners: a script may signal as soon as it reads them.
+        let (stops, stop) = AsyncStream<String>.makeStream()
+        let signals = watchSignals { stop.yield($0) }
+
         let server: ParleyServer
         let bound: [BoundListener]
         do {
@@ -70,22 +74,17 @@ struct Serve: AsyncParsableCommand {
             printError("parley: \(error)")
             throw ExitCode.failure
         }
-        for listener in bound { print("listening \(listener)") }
-        fflush(nil)
+        for listener in bound { emit("listening \(listener)") }
 
-        let (stops, stop) = AsyncStream<String>.makeStream()
-        let signals = watchSignals { stop.yield($0) }
         if !noConsole { startConsole(Console(hub: server.hub)) { stop.yield("console exit") } }
 
         for await reason in stops {
-            print("shutting down (\(reason))")
-            fflush(nil)
+            emit("shutting down (\(reason))")
             break
         }
         await server.shutdown()
         signals.forEach { $0.cancel() }
-        print("stopped")
-        fflush(nil)
+        emit("stopped")
     }
 
     /// SIGINT and SIGTERM become a clean shutdown instead of killing the process.
@@ -106,8 +105,7 @@ struct Serve: AsyncParsableCommand {
             while let line = readLine() {
                 switch console.execute(line) {
                 case .output(let lines):
-                    for line in lines { print(line) }
-                    fflush(nil)
+                    for line in lines { emit(line) }
                 case .exit:
                     onExit()
                     return
@@ -116,6 +114,12 @@ struct Serve: AsyncParsableCommand {
         }
         thread.start()
     }
+}
+
+/// Writes a line to stdout at once (no stdio buffer, so no flush: `fflush(NULL)` would also wait
+/// for the stdin lock that the console's blocked `readLine` holds).
+func emit(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
 
 func printError(_ text: String) {

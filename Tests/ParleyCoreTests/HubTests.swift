@@ -7,7 +7,6 @@ import Testing
 
 /// A wire format that keeps the events themselves, so tests see what each session was handed.
 final class EventFormat: WireFormat {
-    static let shared = EventFormat()
     let renders = Atomic<Int>(0)
     func render(_ event: HubEvent) -> ByteBuffer? {
         renders.add(1, ordering: .relaxed)
@@ -20,9 +19,13 @@ final class RecordingSink: SessionSink {
     let received = Mutex<[String]>([])
     let flushes = Atomic<Int>(0)
     let closed = Atomic<Bool>(false)
-    init(loop: EmbeddedEventLoop) { self.loop = loop }
+    let eventFormat: EventFormat
+    init(loop: EmbeddedEventLoop, format: EventFormat) {
+        self.loop = loop
+        self.eventFormat = format
+    }
     var eventLoop: any EventLoop { loop }
-    var format: any WireFormat { EventFormat.shared }
+    var format: any WireFormat { eventFormat }
     func enqueue(_ bytes: ByteBuffer) { received.withLock { $0.append(String(buffer: bytes)) } }
     func flushQueued() { flushes.add(1, ordering: .relaxed) }
     func disconnect(finalBytes: ByteBuffer?) {
@@ -55,6 +58,7 @@ struct PlainHasher: PasswordHasher {
 
 @Suite struct HubTests {
     let loop = EmbeddedEventLoop()
+    let format = EventFormat()
 
     func makeHub(requireLogin: Bool = false) -> Hub {
         Hub(config: HubConfig(requireLogin: requireLogin), accounts: MemoryAccounts(), hasher: PlainHasher(),
@@ -62,7 +66,7 @@ struct PlainHasher: PasswordHasher {
     }
 
     func connect(_ hub: Hub) -> (Session, RecordingSink) {
-        let sink = RecordingSink(loop: loop)
+        let sink = RecordingSink(loop: loop, format: format)
         let session = hub.connect(door: "test", address: "127.0.0.1:1", sink: sink)!
         loop.run()
         return (session, sink)
@@ -87,7 +91,7 @@ struct PlainHasher: PasswordHasher {
         try hub.join(b, room: "#dev")
         loop.run()
         let before = (sinkA.lines.count, sinkB.lines.count, sinkC.lines.count)
-        let rendersBefore = EventFormat.shared.renders.load(ordering: .relaxed)
+        let rendersBefore = format.renders.load(ordering: .relaxed)
         try hub.say(a, room: "#dev", text: "hello")
         loop.run()
         #expect(sinkA.lines.count == before.0 + 1)
@@ -95,7 +99,7 @@ struct PlainHasher: PasswordHasher {
         #expect(sinkC.lines.count == before.2)
         #expect(sinkB.lines.last?.contains("hello") == true)
         // Rendered once for both recipients.
-        #expect(EventFormat.shared.renders.load(ordering: .relaxed) - rendersBefore == 1)
+        #expect(format.renders.load(ordering: .relaxed) - rendersBefore == 1)
         #expect(hub.counters.messagesRelayed.load(ordering: .relaxed) == 1)
         _ = c
     }
