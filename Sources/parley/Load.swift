@@ -1,0 +1,69 @@
+import ArgumentParser
+import ParleyClient
+
+/// `parley load`: many concurrent clients against a server (the logic lives in `ParleyClient.runLoad`).
+struct Load: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "load",
+        abstract: "Run many concurrent chat clients against a server and check every message arrives.",
+        discussion: """
+            Creates accounts, then connects all clients at once: half register new accounts, half log \
+            in; all join one room, send their messages and check that every client receives every \
+            message exactly once. Prints a summary and, as the last line, a JSON report. Exits with a \
+            non-zero status when a client failed or a message was lost.
+            """
+    )
+
+    @Option(help: "The server's host.")
+    var host = "127.0.0.1"
+
+    @Option(help: "The port of the server's line door.")
+    var port = 5555
+
+    @Option(help: "How many clients run at the same time.")
+    var clients = 100
+
+    @Option(help: "How many messages each client sends.")
+    var messages = 5
+
+    @Option(help: "The room the clients join (default: #load-<run id>).")
+    var room: String?
+
+    @Option(help: "The password of the accounts the run creates (8 to 72 bytes).")
+    var password = "load-test-password"
+
+    @Option(help: "The bound on the whole run, in seconds.")
+    var timeout: Double = 120
+
+    @Flag(inversion: .prefixedNo, help: "Show a progress line (default: when standard output is a terminal).")
+    var progress: Bool?
+
+    func validate() throws {
+        guard clients >= 1 else { throw ValidationError("--clients must be at least 1.") }
+        guard messages >= 0 else { throw ValidationError("--messages cannot be negative.") }
+        guard timeout > 0, timeout.isFinite else { throw ValidationError("--timeout must be a positive number of seconds.") }
+        guard (8...72).contains(password.utf8.count), !password.contains(" ") else {
+            throw ValidationError("--password must be 8 to 72 bytes, without spaces.")
+        }
+        guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535.") }
+    }
+
+    func run() async throws {
+        let options = LoadOptions(
+            host: host,
+            port: port,
+            clients: clients,
+            messages: messages,
+            room: room,
+            password: password,
+            timeout: .seconds(timeout),
+            progress: progress ?? isStandardOutputTerminal()
+        )
+        let report = await runLoad(options)
+        print(report.summary)
+        print(report.jsonLine)
+        if !report.succeeded {
+            throw ExitCode.failure
+        }
+    }
+}
