@@ -37,7 +37,7 @@ public func formatServerLine(_ line: String) -> String {
         let (room, afterRoom) = splitWord(rest)
         let (name, text) = splitWord(afterRoom)
         guard !room.isEmpty, !name.isEmpty else { return line }
-        return text.isEmpty ? "* \(name)" : "* \(name) \(text)"
+        return text.isEmpty ? "[\(room)] * \(name)" : "[\(room)] * \(name) \(text)"
     case "DM":
         // DM from NAME: text | DM to NAME: text
         let (direction, afterDirection) = splitWord(rest)

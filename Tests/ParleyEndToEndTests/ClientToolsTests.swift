@@ -1,0 +1,155 @@
+import Foundation
+import ParleyClient
+import ParleyServer
+import Synchronization
+import Testing
+
+@Suite struct ChatFormattingTests {
+    @Test(arguments: [
+        ("MSG #lobby alice: hi: there", "[#lobby] <alice> hi: there"),
+        ("ACTION #dev alice waves", "[#dev] * alice waves"),
+        ("DM from bob: psst", "*bob* psst"),
+        ("DM to bob: psst", "-> *bob* psst"),
+        ("ERR no-such-user Nobody called bob is online.", "! Nobody called bob is online."),
+        ("JOIN #dev bob", "-- bob joined #dev"),
+        ("PART #dev bob lunch", "-- bob left #dev (lunch)"),
+        ("NICK guest-1 alice", "-- guest-1 is now known as alice"),
+        ("NOTICE server: maintenance", "-- server: maintenance"),
+        ("OK join You are now talking in #dev.", "You are now talking in #dev."),
+        ("BYE Goodbye, alice.", "Goodbye, alice."),
+        ("SOMETHING new", "SOMETHING new"),
+    ])
+    func serverLinesAreShownReadably(_ line: String, _ shown: String) {
+        #expect(formatServerLine(line) == shown)
+    }
+}
+
+@Suite(.timeLimit(.minutes(3))) struct LoadTests {
+    /// The course scenario: 50 clients at once, half registering and half logging in, chatting in one
+    /// room with every message checked, then logging out.
+    @Test func courseScenarioWithFiftyClients() async throws {
+        try await withServer { server in
+            let report = await runLoad(LoadOptions(port: server.port, clients: 50, messages: 3, timeout: .seconds(120)))
+            #expect(report.errors == [])
+            #expect(report.ok == 50 && report.failed == 0)
+            #expect(report.sent == 150)
+            #expect(report.expected == 50 * 150 && report.delivered == report.expected && report.lost == 0)
+            #expect(report.latencyMs.register.count == 25 && report.latencyMs.login.count == 25)
+            #expect(report.latencyMs.message.count == 150)
+            #expect(report.succeeded)
+            // Everyone logged out and left.
+            #expect(server.server.hub.counters.activeSessions.load(ordering: .relaxed) == 0)
+            #expect(server.server.hub.counters.messagesRelayed.load(ordering: .relaxed) == 150)
+        }
+    }
+
+    @Test func aLoadRunAgainstNoServerFailsAndSaysWhy() async throws {
+        // A port that was free a moment ago: nothing listens there.
+        let running = try await RunningServer.start()
+        let port = running.port
+        await running.stop()
+        let report = await runLoad(LoadOptions(port: port, clients: 2, messages: 1, timeout: .seconds(20)))
+        #expect(!report.succeeded)
+        #expect(report.failed == 2)
+        #expect(report.errors.first?.contains("refused") == true)
+    }
+}
+
+/// Drives the real `parley chat` over pipes, as a user at a terminal would.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct ChatCommandTests {
+    final class ChatProcess: Sendable {
+        let process = Process()
+        let input = Pipe()
+        let output = Pipe()
+        let lines: AsyncStream<String>
+        let exits: AsyncStream<Int32>
+
+        init(_ arguments: [String]) throws {
+            process.executableURL = ServerProcess.binary
+            process.arguments = ["chat"] + arguments
+            process.standardInput = input
+            // What a user sees: standard output and standard error together.
+            process.standardOutput = output
+            process.standardError = output
+            let (lines, lineSink) = AsyncStream<String>.makeStream()
+            self.lines = lines
+            let pending = Mutex(Data())
+            output.fileHandleForReading.readabilityHandler = { handle in
+                let chunk = handle.availableData
+                guard !chunk.isEmpty else {
+                    handle.readabilityHandler = nil
+                    lineSink.finish()
+                    return
+                }
+                pending.withLock { pending in
+                    pending.append(chunk)
+                    while let end = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                        lineSink.yield(String(decoding: pending[pending.startIndex..<end], as: UTF8.self))
+                        pending.removeSubrange(pending.startIndex...end)
+                    }
+                }
+            }
+            let (exits, exitSink) = AsyncStream<Int32>.makeStream()
+            self.exits = exits
+            process.terminationHandler = { exitSink.yield($0.terminationStatus); exitSink.finish() }
+            try process.run()
+        }
+
+        func type(_ line: String) { input.fileHandleForWriting.write(Data((line + "\n").utf8)) }
+
+        func shows(_ text: String) async throws -> String {
+            let lines = self.lines
+            return try await withTimeout(.seconds(20), "parley chat to show \(text)") {
+                for await line in lines where line.contains(text) { return line }
+                throw LineClientError.closed
+            }
+        }
+
+        func exitStatus() async throws -> Int32 {
+            let exits = self.exits
+            return try await withTimeout(.seconds(20), "parley chat to exit") {
+                for await status in exits { return status }
+                throw LineClientError.closed
+            }
+        }
+    }
+
+    @Test func chatRegistersSendsReceivesAndQuits() async throws {
+        try await withServer { server in
+            let bob = try await server.user("bob")
+            let passwordFile = FileManager.default.temporaryDirectory.appendingPathComponent("pw-\(UUID())").path
+            try "password1\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(atPath: passwordFile) }
+            let chat = try ChatProcess(["--port", "\(server.port)", "--user", "alice", "--register", "--password-file", passwordFile])
+            _ = try await chat.shows("logged in as alice")
+            chat.type("hello bob")
+            #expect(try await bob.expect(prefix: "MSG ") == "MSG #lobby alice: hello bob")
+            #expect(try await chat.shows("<alice> hello bob") == "[#lobby] <alice> hello bob")
+            try await bob.send("hi alice")
+            #expect(try await chat.shows("<bob>") == "[#lobby] <bob> hi alice")
+            try await bob.send("/msg alice a secret")
+            #expect(try await chat.shows("*bob*") == "*bob* a secret")
+            chat.type("/quit")
+            #expect(try await chat.exitStatus() == 0)
+        }
+    }
+
+    @Test func chatSaysSoWhenTheServerGoesAway() async throws {
+        let running = try await RunningServer.start()
+        let chat = try ChatProcess(["--port", "\(running.port)"])
+        _ = try await chat.shows("Welcome to Parley")
+        await running.stop()
+        _ = try await chat.shows("connection closed by the server")
+        #expect(try await chat.exitStatus() != 0)
+    }
+
+    @Test func chatReportsAWrongPassword() async throws {
+        try await withServer { server in
+            _ = try await server.user("alice")
+            let chat = try ChatProcess(["--port", "\(server.port)", "--user", "alice"])
+            chat.type("not-the-password")
+            _ = try await chat.shows("Unknown account or wrong password")
+            #expect(try await chat.exitStatus() == 1)
+        }
+    }
+}
