@@ -817,8 +817,9 @@ private func makeRunID() -> String {
     return String((0..<6).map { _ in alphabet[Int.random(in: 0..<alphabet.count)] })
 }
 
-/// Raises the soft limit on open files to the hard limit: a thousand clients need a thousand sockets.
-private func raiseOpenFileLimit() {
+/// Raises the soft limit on open files to the hard limit: a thousand clients (or a server with a
+/// thousand connections) need a thousand sockets.
+public func raiseOpenFileLimit() {
     #if canImport(Glibc)
     let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
     #else

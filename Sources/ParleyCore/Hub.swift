@@ -110,11 +110,12 @@ public final class Hub: Sendable {
             return state.connected
         }
         guard wasConnected else { return }
-        let (name, roomKeys) = session.state.withLock { ($0.name, $0.rooms) }
-        let accepting = registry.withLock { registry in
+        // The name is read under the registry lock, as `rename` changes it under that lock.
+        let (name, roomKeys, accepting) = registry.withLock { registry in
             registry.sessions[session.id] = nil
+            let (name, roomKeys) = session.state.withLock { ($0.name, $0.rooms) }
             removeName(NameRules.key(name), id: session.id, in: &registry)
-            return registry.accepting
+            return (name, roomKeys, registry.accepting)
         }
         counters.activeSessions.subtract(1, ordering: .relaxed)
         for key in roomKeys {
@@ -304,7 +305,7 @@ public final class Hub: Sendable {
             throw .storeFailed("create the account")
         }
         guard created else { throw .nameTaken(name) }
-        rename(session, to: name, account: name)
+        try rename(session, to: name, account: name)
     }
 
     public func login(_ session: Session, name: String, password: String) async throws(HubError) {
@@ -328,13 +329,12 @@ public final class Hub: Sendable {
             throw .loginFailed
         }
         throttle.recordSuccess(keys: keys)
-        guard session.state.withLock({ $0.connected }) else { return }
-        rename(session, to: record.name, account: record.name)
+        try rename(session, to: record.name, account: record.name)
     }
 
     public func logout(_ session: Session) throws(HubError) {
         guard session.isLoggedIn else { throw .notLoggedIn }
-        rename(session, to: newGuestName(), account: nil)
+        try rename(session, to: newGuestName(), account: nil)
     }
 
     /// A guest picks a name: one no account has and no one online uses.
@@ -348,29 +348,34 @@ public final class Hub: Sendable {
             throw .storeFailed("check the name")
         }
         if exists { throw .nameTaken(name) }
-        let key = NameRules.key(name)
-        try registry.withLock { (registry) throws(HubError) in
-            let holders = registry.byName[key] ?? []
-            if registry.pendingNames.contains(key) || holders.contains(where: { $0 != session.id }) {
-                throw .nameTaken(name)
-            }
-        }
-        rename(session, to: name, account: nil)
+        try rename(session, to: name, account: nil, onlyIfFree: true)
     }
 
     /// Changes a session's name and tells it and everyone sharing a room with it.
-    private func rename(_ session: Session, to newName: String, account: String?) {
-        let (oldName, roomKeys) = session.state.withLock { state in
-            defer {
-                state.name = newName
-                state.account = account
+    /// `onlyIfFree`: fail with `nameTaken` if another session uses the name or it is being registered;
+    /// checked under the same lock as the change, so two guests cannot both take one name.
+    private func rename(_ session: Session, to newName: String, account: String?, onlyIfFree: Bool = false) throws(HubError) {
+        // Under the registry lock, so the name index and the session never disagree, and a session
+        // that disconnected meanwhile does not leave its new name behind.
+        let newKey = NameRules.key(newName)
+        let renamed: (old: String, rooms: [String])? = try registry.withLock { (registry) throws(HubError) in
+            guard registry.sessions[session.id] != nil else { return nil }
+            if onlyIfFree && (registry.pendingNames.contains(newKey)
+                              || (registry.byName[newKey] ?? []).contains(where: { $0 != session.id })) {
+                throw .nameTaken(newName)
             }
-            return (state.name, state.rooms)
-        }
-        registry.withLock { registry in
+            let (oldName, roomKeys) = session.state.withLock { state in
+                defer {
+                    state.name = newName
+                    state.account = account
+                }
+                return (state.name, state.rooms)
+            }
             removeName(NameRules.key(oldName), id: session.id, in: &registry)
-            registry.byName[NameRules.key(newName), default: []].append(session.id)
+            registry.byName[newKey, default: []].append(session.id)
+            return (oldName, roomKeys)
         }
+        guard let (oldName, roomKeys) = renamed else { return }
         guard oldName != newName else { return }
         var seen: Set<Int> = [session.id]
         var recipients = [session]

@@ -21,6 +21,8 @@ final class LineSink: SessionSink {
     let closeGrace: TimeAmount
     /// Set once the connection is being closed; later output is dropped.
     private let closing = Atomic<Bool>(false)
+    /// A flush is already queued on the loop: everything enqueued before it runs goes out in one write.
+    private let flushScheduled = Atomic<Bool>(false)
 
     var eventLoop: any EventLoop { channel.eventLoop }
     var format: any WireFormat { LineFormat.shared }
@@ -42,9 +44,14 @@ final class LineSink: SessionSink {
         }
     }
 
+    /// Coalesces: the flush runs after the tasks already queued on this loop, so a client that is
+    /// handed many messages in one loop pass (a busy room) gets them in one `writev`, not one each.
     func flushQueued() {
-        guard !isClosing else { return }
-        channel.flush()
+        guard !isClosing, !flushScheduled.exchange(true, ordering: .relaxed) else { return }
+        channel.eventLoop.execute {
+            self.flushScheduled.store(false, ordering: .relaxed)
+            if !self.isClosing { self.channel.flush() }
+        }
     }
 
     func disconnect(finalBytes: ByteBuffer?) {

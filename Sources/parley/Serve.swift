@@ -1,6 +1,7 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import ParleyClient
 import ParleyServer
 
 struct Serve: AsyncParsableCommand {
@@ -61,6 +62,7 @@ struct Serve: AsyncParsableCommand {
         config.line.floodRate = floodRate
         config.line.floodBurst = floodBurst
 
+        raiseOpenFileLimit()
         // Watch signals before announcing the listeners: a script may signal as soon as it reads them.
         let (stops, stop) = AsyncStream<String>.makeStream()
         let signals = watchSignals { stop.yield($0) }
