@@ -1,7 +1,6 @@
 import Foundation
 import ParleyClient
 import ParleyServer
-import Synchronization
 import Testing
 
 @Suite struct ChatFormattingTests {
@@ -57,61 +56,9 @@ import Testing
 
 /// Drives the real `parley chat` over pipes, as a user at a terminal would.
 @Suite(.serialized, .timeLimit(.minutes(2))) struct ChatCommandTests {
-    final class ChatProcess: Sendable {
-        let process = Process()
-        let input = Pipe()
-        let output = Pipe()
-        let lines: AsyncStream<String>
-        let exits: AsyncStream<Int32>
-
-        init(_ arguments: [String]) throws {
-            process.executableURL = ServerProcess.binary
-            process.arguments = ["chat"] + arguments
-            process.standardInput = input
-            // What a user sees: standard output and standard error together.
-            process.standardOutput = output
-            process.standardError = output
-            let (lines, lineSink) = AsyncStream<String>.makeStream()
-            self.lines = lines
-            let pending = Mutex(Data())
-            output.fileHandleForReading.readabilityHandler = { handle in
-                let chunk = handle.availableData
-                guard !chunk.isEmpty else {
-                    handle.readabilityHandler = nil
-                    lineSink.finish()
-                    return
-                }
-                pending.withLock { pending in
-                    pending.append(chunk)
-                    while let end = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                        lineSink.yield(String(decoding: pending[pending.startIndex..<end], as: UTF8.self))
-                        pending.removeSubrange(pending.startIndex...end)
-                    }
-                }
-            }
-            let (exits, exitSink) = AsyncStream<Int32>.makeStream()
-            self.exits = exits
-            process.terminationHandler = { exitSink.yield($0.terminationStatus); exitSink.finish() }
-            try process.run()
-        }
-
-        func type(_ line: String) { input.fileHandleForWriting.write(Data((line + "\n").utf8)) }
-
-        func shows(_ text: String) async throws -> String {
-            let lines = self.lines
-            return try await withTimeout(.seconds(20), "parley chat to show \(text)") {
-                for await line in lines where line.contains(text) { return line }
-                throw LineClientError.closed
-            }
-        }
-
-        func exitStatus() async throws -> Int32 {
-            let exits = self.exits
-            return try await withTimeout(.seconds(20), "parley chat to exit") {
-                for await status in exits { return status }
-                throw LineClientError.closed
-            }
-        }
+    func chat(_ arguments: [String]) throws -> ParleyProcess {
+        // What a user sees: standard output and standard error together.
+        try ParleyProcess(["chat"] + arguments, mergeErrors: true)
     }
 
     @Test func chatRegistersSendsReceivesAndQuits() async throws {
@@ -120,15 +67,15 @@ import Testing
             let passwordFile = FileManager.default.temporaryDirectory.appendingPathComponent("pw-\(UUID())").path
             try "password1\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
             defer { try? FileManager.default.removeItem(atPath: passwordFile) }
-            let chat = try ChatProcess(["--port", "\(server.port)", "--user", "alice", "--register", "--password-file", passwordFile])
-            _ = try await chat.shows("logged in as alice")
+            let chat = try chat(["--port", "\(server.port)", "--user", "alice", "--register", "--password-file", passwordFile])
+            _ = try await chat.line(containing: "logged in as alice")
             chat.type("hello bob")
             #expect(try await bob.expect(prefix: "MSG ") == "MSG #lobby alice: hello bob")
-            #expect(try await chat.shows("<alice> hello bob") == "[#lobby] <alice> hello bob")
+            #expect(try await chat.line(containing: "<alice> hello bob") == "[#lobby] <alice> hello bob")
             try await bob.send("hi alice")
-            #expect(try await chat.shows("<bob>") == "[#lobby] <bob> hi alice")
+            #expect(try await chat.line(containing: "<bob>") == "[#lobby] <bob> hi alice")
             try await bob.send("/msg alice a secret")
-            #expect(try await chat.shows("*bob*") == "*bob* a secret")
+            #expect(try await chat.line(containing: "*bob*") == "*bob* a secret")
             chat.type("/quit")
             #expect(try await chat.exitStatus() == 0)
         }
@@ -136,19 +83,19 @@ import Testing
 
     @Test func chatSaysSoWhenTheServerGoesAway() async throws {
         let running = try await RunningServer.start()
-        let chat = try ChatProcess(["--port", "\(running.port)"])
-        _ = try await chat.shows("Welcome to Parley")
+        let chat = try chat(["--port", "\(running.port)"])
+        _ = try await chat.line(containing: "Welcome to Parley")
         await running.stop()
-        _ = try await chat.shows("connection closed by the server")
+        _ = try await chat.line(containing: "connection closed by the server")
         #expect(try await chat.exitStatus() != 0)
     }
 
     @Test func chatReportsAWrongPassword() async throws {
         try await withServer { server in
             _ = try await server.user("alice")
-            let chat = try ChatProcess(["--port", "\(server.port)", "--user", "alice"])
+            let chat = try chat(["--port", "\(server.port)", "--user", "alice"])
             chat.type("not-the-password")
-            _ = try await chat.shows("Unknown account or wrong password")
+            _ = try await chat.line(containing: "Unknown account or wrong password")
             #expect(try await chat.exitStatus() == 1)
         }
     }

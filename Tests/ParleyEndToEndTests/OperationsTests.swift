@@ -2,7 +2,6 @@ import Foundation
 import ParleyClient
 import ParleyServer
 import ParleyStore
-import Synchronization
 import Testing
 
 @Suite(.timeLimit(.minutes(2))) struct ConsoleTests {
@@ -78,54 +77,10 @@ import Testing
     }
 }
 
-/// Runs the real `parley` binary, as an operator would.
-final class ServerProcess: Sendable {
-    let process = Process()
-    let stdin = Pipe()
-    private let stdout = Pipe()
-    private let lines: AsyncStream<String>
-    private let exits: AsyncStream<Int32>
-
-    static var binary: URL {
-        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("parley")
-    }
-
-    init(directory: String, extra: [String] = []) throws {
-        process.executableURL = Self.binary
-        process.arguments = ["serve", "--listen", "line://127.0.0.1:0", "--data-dir", directory] + extra
-        process.standardInput = stdin
-        process.standardOutput = stdout
-        let (lines, lineSink) = AsyncStream<String>.makeStream()
-        self.lines = lines
-        let pending = Mutex(Data())
-        stdout.fileHandleForReading.readabilityHandler = { handle in
-            let chunk = handle.availableData
-            if chunk.isEmpty {
-                handle.readabilityHandler = nil
-                lineSink.finish()
-                return
-            }
-            pending.withLock { pending in
-                pending.append(chunk)
-                while let end = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                    lineSink.yield(String(decoding: pending[pending.startIndex..<end], as: UTF8.self))
-                    pending.removeSubrange(pending.startIndex...end)
-                }
-            }
-        }
-        let (exits, exitSink) = AsyncStream<Int32>.makeStream()
-        self.exits = exits
-        process.terminationHandler = { exitSink.yield($0.terminationStatus); exitSink.finish() }
-        try process.run()
-    }
-
-    /// The next stdout line with the prefix (earlier lines are skipped).
-    func line(startingWith prefix: String, within timeout: Duration = .seconds(30)) async throws -> String {
-        let lines = self.lines
-        return try await withTimeout(timeout, "server output starting with \(prefix)") {
-            for await line in lines where line.hasPrefix(prefix) { return line }
-            throw LineClientError.closed
-        }
+extension ParleyProcess {
+    /// `parley serve` on a free loopback port with its own data directory.
+    static func server(directory: String, extra: [String] = []) throws -> ParleyProcess {
+        try ParleyProcess(["serve", "--listen", "line://127.0.0.1:0", "--data-dir", directory] + extra)
     }
 
     func port() async throws -> Int {
@@ -134,24 +89,6 @@ final class ServerProcess: Sendable {
             throw LineClientError.timeout(waitingFor: "a port in \(line)")
         }
         return port
-    }
-
-    func send(_ command: String) {
-        stdin.fileHandleForWriting.write(Data((command + "\n").utf8))
-    }
-
-    /// Waits for the process to end by itself, bounded; returns its status.
-    func exitStatus(within timeout: Duration = .seconds(30)) async throws -> Int32 {
-        let exits = self.exits
-        do {
-            return try await withTimeout(timeout, "the server process to exit") {
-                for await status in exits { return status }
-                throw LineClientError.closed
-            }
-        } catch {
-            process.terminate()
-            throw error
-        }
     }
 }
 
@@ -164,7 +101,7 @@ final class ServerProcess: Sendable {
     func aSignalShutsDownCleanly(_ signalNumber: Int32) async throws {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let server = try ServerProcess(directory: directory)
+        let server = try ParleyProcess.server(directory: directory)
         let client = try await LineClient.connect(host: "127.0.0.1", port: try await server.port())
         _ = try await client.expect(prefix: "WELCOME ")
         kill(server.process.processIdentifier, signalNumber)
@@ -177,13 +114,13 @@ final class ServerProcess: Sendable {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         do {
-            let server = try ServerProcess(directory: directory)
+            let server = try ParleyProcess.server(directory: directory)
             let port = try await server.port()
             let client = try await LineClient.connect(host: "127.0.0.1", port: port)
             try await client.register("alice", "password1")
-            server.send("count")
+            server.type("count")
             #expect(try await server.line(startingWith: "clients ").hasPrefix("clients 1 rooms 1 messages 0"))
-            server.send("exit")
+            server.type("exit")
             #expect(try await client.expect(prefix: "BYE ").hasPrefix("BYE The server is shutting down"))
             #expect(try await server.exitStatus() == 0)
         }
@@ -194,7 +131,7 @@ final class ServerProcess: Sendable {
         #expect(record?.passwordHash.contains("password1") == false)
         try store.close()
         do {
-            let server = try ServerProcess(directory: directory, extra: ["--no-console"])
+            let server = try ParleyProcess.server(directory: directory, extra: ["--no-console"])
             let client = try await LineClient.connect(host: "127.0.0.1", port: try await server.port())
             try await client.login("alice", "password1")
             kill(server.process.processIdentifier, SIGTERM)
@@ -205,7 +142,7 @@ final class ServerProcess: Sendable {
     @Test func endOfStdinStopsOnlyTheConsole() async throws {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let server = try ServerProcess(directory: directory)
+        let server = try ParleyProcess.server(directory: directory)
         let port = try await server.port()
         try server.stdin.fileHandleForWriting.close()
         let client = try await LineClient.connect(host: "127.0.0.1", port: port)
@@ -217,7 +154,7 @@ final class ServerProcess: Sendable {
 
     @Test func badListenerGivesAClearError() async throws {
         let process = Process()
-        process.executableURL = ServerProcess.binary
+        process.executableURL = ParleyProcess.binary
         process.arguments = ["serve", "--listen", "ftp://127.0.0.1:21", "--no-console", "--data-dir", temporaryDirectory()]
         let errors = Pipe()
         process.standardError = errors

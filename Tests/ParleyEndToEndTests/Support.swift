@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import ParleyClient
 import ParleyServer
 import Testing
@@ -92,5 +93,85 @@ func withTimeout<T: Sendable>(_ timeout: Duration, _ what: String,
             throw LineClientError.timeout(waitingFor: what)
         }
         return value
+    }
+}
+
+/// The real `parley` binary run as a child process, its output read line by line as a user would see it.
+final class ParleyProcess: Sendable {
+    let process = Process()
+    let stdin = Pipe()
+    private let output = Pipe()
+    private let lines: AsyncStream<String>
+    private let exits: AsyncStream<Int32>
+
+    static var binary: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("parley")
+    }
+
+    /// `mergeErrors`: standard error goes to the same stream as standard output.
+    init(_ arguments: [String], mergeErrors: Bool = false) throws {
+        process.executableURL = Self.binary
+        process.arguments = arguments
+        process.standardInput = stdin
+        process.standardOutput = output
+        if mergeErrors { process.standardError = output }
+        let (lines, lineSink) = AsyncStream<String>.makeStream()
+        self.lines = lines
+        let pending = Mutex(Data())
+        output.fileHandleForReading.readabilityHandler = { handle in
+            let chunk = handle.availableData
+            guard !chunk.isEmpty else {
+                handle.readabilityHandler = nil
+                lineSink.finish()
+                return
+            }
+            pending.withLock { pending in
+                pending.append(chunk)
+                while let end = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                    lineSink.yield(String(decoding: pending[pending.startIndex..<end], as: UTF8.self))
+                    pending.removeSubrange(pending.startIndex...end)
+                }
+            }
+        }
+        let (exits, exitSink) = AsyncStream<Int32>.makeStream()
+        self.exits = exits
+        process.terminationHandler = { exitSink.yield($0.terminationStatus); exitSink.finish() }
+        try process.run()
+    }
+
+    /// The next output line that matches (earlier lines are skipped).
+    func line(_ what: String, within timeout: Duration = .seconds(30),
+              where matches: @escaping @Sendable (String) -> Bool) async throws -> String {
+        let lines = self.lines
+        return try await withTimeout(timeout, what) {
+            for await line in lines where matches(line) { return line }
+            throw LineClientError.closed
+        }
+    }
+
+    func line(startingWith prefix: String) async throws -> String {
+        try await line("output starting with \(prefix)") { $0.hasPrefix(prefix) }
+    }
+
+    func line(containing text: String) async throws -> String {
+        try await line("output containing \(text)") { $0.contains(text) }
+    }
+
+    func type(_ line: String) {
+        stdin.fileHandleForWriting.write(Data((line + "\n").utf8))
+    }
+
+    /// Waits for the process to end by itself, bounded; returns its status.
+    func exitStatus(within timeout: Duration = .seconds(30)) async throws -> Int32 {
+        let exits = self.exits
+        do {
+            return try await withTimeout(timeout, "parley to exit") {
+                for await status in exits { return status }
+                throw LineClientError.closed
+            }
+        } catch {
+            process.terminate()
+            throw error
+        }
     }
 }
