@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird-auth", from: "2.5.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         .target(
@@ -30,6 +31,11 @@ let package = Package(
         ),
         .target(
             name: "ParleyLine",
+            dependencies: ["ParleyCore", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "ParleyIRC",
             dependencies: ["ParleyCore", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strict
         ),
@@ -60,6 +66,11 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "ParleyLineTests", dependencies: ["ParleyLine", "ParleyCore"], swiftSettings: strict),
+        .testTarget(
+            name: "ParleyIRCTests",
+            dependencies: ["ParleyIRC", .product(name: "PropertyBased", package: "swift-property-based")],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "ParleyCoreTests",
             dependencies: ["ParleyCore", "ParleyStore", .product(name: "NIOEmbedded", package: "swift-nio")],

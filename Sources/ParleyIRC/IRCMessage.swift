@@ -1,0 +1,180 @@
+/// One IRC message (modern.ircdocs.horse, IRCv3 message-tags): `[@tags] [:source] COMMAND [params]`.
+/// Pure value type: no NIO, no hub; the door and its tests share it.
+public struct IRCMessage: Equatable, Sendable, CustomStringConvertible {
+    public struct Tag: Equatable, Sendable {
+        public var key: String
+        /// nil for a tag without a value (`key` and `key=` mean the same).
+        public var value: String?
+        public init(_ key: String, _ value: String? = nil) {
+            self.key = key
+            self.value = value
+        }
+    }
+
+    public var tags: [Tag]
+    public var source: String?
+    /// Uppercased letters, or three digits for a numeric reply.
+    public var command: String
+    public var params: [String]
+
+    public init(tags: [Tag] = [], source: String? = nil, _ command: String, _ params: [String] = []) {
+        self.tags = tags
+        self.source = source
+        self.command = command
+        self.params = params
+    }
+
+    public func tag(_ key: String) -> Tag? { tags.last { $0.key == key } }
+
+    public var description: String { serialized() }
+
+    // MARK: Parsing
+
+    public enum ParseError: Error, Equatable, Sendable {
+        case empty
+        case missingCommand
+        case invalidCommand(String)
+    }
+
+    /// Parses one line without its CRLF/LF. Extra spaces between parameters are tolerated. Works on
+    /// Unicode scalars, not characters: IRC splits on the space byte even before a combining mark.
+    public init(parsing line: Substring) throws(ParseError) {
+        typealias Scalars = Substring.UnicodeScalarView.SubSequence
+        func dropSpaces(_ text: Scalars) -> Scalars { text.drop { $0 == " " } }
+        func word(_ text: Scalars) -> (Scalars, Scalars) {
+            let end = text.firstIndex(of: " ") ?? text.endIndex
+            return (text[..<end], text[end...])
+        }
+        var rest = dropSpaces(line.unicodeScalars[...])
+        guard !rest.isEmpty else { throw .empty }
+        var tags: [Tag] = []
+        if rest.first == "@" {
+            let (tagText, after) = word(rest.dropFirst())
+            tags = Self.parseTags(String(tagText))
+            rest = dropSpaces(after)
+        }
+        var source: String?
+        if rest.first == ":" {
+            let (sourceText, after) = word(rest.dropFirst())
+            source = String(sourceText)
+            rest = dropSpaces(after)
+        }
+        let (commandText, afterCommand) = word(rest)
+        guard !commandText.isEmpty else { throw .missingCommand }
+        guard commandText.allSatisfy({ ($0 >= "A" && $0 <= "Z") || ($0 >= "a" && $0 <= "z") || ($0 >= "0" && $0 <= "9") }) else {
+            throw .invalidCommand(String(String(commandText).prefix(32)))
+        }
+        rest = afterCommand
+        var params: [String] = []
+        while true {
+            rest = dropSpaces(rest)
+            if rest.isEmpty { break }
+            if rest.first == ":" {
+                params.append(String(rest.dropFirst()))
+                break
+            }
+            let (param, after) = word(rest)
+            params.append(String(param))
+            rest = after
+        }
+        self.init(tags: tags, source: source, String(commandText).uppercased(), params)
+    }
+
+    public init(parsing line: String) throws(ParseError) {
+        try self.init(parsing: Substring(line))
+    }
+
+    static func parseTags(_ text: String) -> [Tag] {
+        var tags: [Tag] = []
+        for item in text.unicodeScalars.split(separator: ";", omittingEmptySubsequences: true) {
+            let key: String
+            let value: String
+            if let equals = item.firstIndex(of: "=") {
+                key = String(String.UnicodeScalarView(item[..<equals]))
+                value = unescapeTagValue(String(String.UnicodeScalarView(item[item.index(after: equals)...])))
+            } else {
+                key = String(String.UnicodeScalarView(item))
+                value = ""
+            }
+            guard !key.isEmpty else { continue }
+            // A repeated key: the last one counts.
+            tags.removeAll { $0.key == key }
+            tags.append(Tag(key, value.isEmpty ? nil : value))
+        }
+        return tags
+    }
+
+    static func unescapeTagValue(_ text: String) -> String {
+        guard text.unicodeScalars.contains("\\") else { return text }
+        var result = String.UnicodeScalarView()
+        var escaping = false
+        for scalar in text.unicodeScalars {
+            if escaping {
+                switch scalar {
+                case ":": result.append(";")
+                case "s": result.append(" ")
+                case "r": result.append("\r")
+                case "n": result.append("\n")
+                default: result.append(scalar)
+                }
+                escaping = false
+            } else if scalar == "\\" {
+                escaping = true
+            } else {
+                result.append(scalar)
+            }
+        }
+        // A trailing lone backslash is dropped.
+        return String(result)
+    }
+
+    static func escapeTagValue(_ text: String) -> String {
+        var result = String.UnicodeScalarView()
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case ";": result.append(contentsOf: "\\:".unicodeScalars)
+            case " ": result.append(contentsOf: "\\s".unicodeScalars)
+            case "\\": result.append(contentsOf: "\\\\".unicodeScalars)
+            case "\r": result.append(contentsOf: "\\r".unicodeScalars)
+            case "\n": result.append(contentsOf: "\\n".unicodeScalars)
+            default: result.append(scalar)
+            }
+        }
+        return String(result)
+    }
+
+    // MARK: Serializing
+
+    /// The wire form without CRLF. The last parameter gets a ':' when it needs one (empty, has a
+    /// space, or starts with ':'); earlier parameters must not need one.
+    public func serialized() -> String {
+        var line = ""
+        if !tags.isEmpty {
+            line += "@"
+            line += tags.map { tag in
+                guard let value = tag.value, !value.isEmpty else { return tag.key }
+                return tag.key + "=" + Self.escapeTagValue(value)
+            }.joined(separator: ";")
+            line += " "
+        }
+        if let source {
+            line += ":" + source + " "
+        }
+        line += command
+        for (index, param) in params.enumerated() {
+            line += " "
+            if index == params.count - 1 && (param.isEmpty || param.unicodeScalars.first == ":" || param.unicodeScalars.contains(" ")) {
+                line += ":"
+            }
+            line += param
+        }
+        return line
+    }
+
+    /// Byte length of the part that the 512-byte limit applies to (everything but the tags), with CRLF.
+    public var bodyLength: Int {
+        var copy = self
+        copy.tags = []
+        return copy.serialized().utf8.count + 2
+    }
+}
