@@ -3,18 +3,35 @@ import Foundation
 public enum MessageKind: Sendable, Equatable {
     case say
     case action
+    /// IRC's NOTICE: a message that must never be answered automatically.
+    case notice
+}
+
+/// Who did something, as every door may want to show it: IRC shows `name!user@host`.
+public struct Speaker: Sendable, Equatable {
+    public let name: String
+    public let user: String
+    public let host: String
+    public let account: String?
+
+    public init(name: String, user: String, host: String, account: String?) {
+        self.name = name
+        self.user = user
+        self.host = host
+        self.account = account
+    }
 }
 
 public struct RoomMessage: Sendable, Equatable {
     public let room: String
-    public let sender: String
+    public let sender: Speaker
     public let text: String
     public let kind: MessageKind
     /// Position in the room's total order: every member sees the room's messages in this order.
     public let sequence: UInt64
     public let time: Date
 
-    public init(room: String, sender: String, text: String, kind: MessageKind, sequence: UInt64, time: Date) {
+    public init(room: String, sender: Speaker, text: String, kind: MessageKind, sequence: UInt64, time: Date) {
         self.room = room
         self.sender = sender
         self.text = text
@@ -35,10 +52,10 @@ public enum GoodbyeReason: Sendable, Equatable {
 public enum HubEvent: Sendable, Equatable {
     case message(RoomMessage)
     /// `echo` is true on the copy sent back to the sender as its acknowledgement.
-    case direct(from: String, to: String, text: String, echo: Bool)
-    case joined(room: String, name: String)
-    case parted(room: String, name: String, reason: String?)
-    case renamed(old: String, new: String)
+    case direct(from: Speaker, to: String, text: String, echo: Bool)
+    case joined(room: String, who: Speaker)
+    case parted(room: String, who: Speaker, reason: String?)
+    case renamed(old: Speaker, new: String)
     case notice(String)
     case goodbye(GoodbyeReason)
 }

@@ -88,18 +88,30 @@ public final class Hub: Sendable {
 
     /// Registers a new connection as a guest in the lobby; nil once the hub is shutting down.
     public func connect(door: String, address: String, sink: any SessionSink) -> Session? {
+        try? connect(door: door, address: address, sink: sink, name: nil, user: nil, joinLobby: true)
+    }
+
+    /// Registers a new connection under `name` (a guest name when nil). A name must be free online;
+    /// whether an account holds it is the door's question (it may already be logged in as that account).
+    public func connect(door: String, address: String, sink: any SessionSink, name: String?, user: String?,
+                        account: String? = nil, joinLobby: Bool) throws(HubError) -> Session {
         let id = nextSessionID.wrappingAdd(1, ordering: .relaxed).oldValue
-        let session = Session(id: id, name: newGuestName(), door: door, address: address, sink: sink)
-        let accepted = registry.withLock { registry in
-            guard registry.accepting else { return false }
+        let session = Session(id: id, name: name ?? newGuestName(), user: user, door: door, address: address, sink: sink)
+        session.state.withLock { $0.account = account }
+        let key = NameRules.key(session.name)
+        try registry.withLock { (registry) throws(HubError) in
+            guard registry.accepting else { throw .shuttingDown }
+            let holders = registry.byName[key] ?? []
+            if name != nil, registry.pendingNames.contains(key)
+                || holders.contains(where: { registry.sessions[$0]?.account == nil || registry.sessions[$0]?.account != account }) {
+                throw .nameTaken(session.name)
+            }
             registry.sessions[id] = session
-            registry.byName[NameRules.key(session.name), default: []].append(id)
-            return true
+            registry.byName[key, default: []].append(id)
         }
-        guard accepted else { return nil }
         counters.connectionsTotal.add(1, ordering: .relaxed)
         counters.activeSessions.add(1, ordering: .relaxed)
-        _ = try? join(session, room: config.lobby)
+        if joinLobby { _ = try? join(session, room: config.lobby) }
         return session
     }
 
@@ -111,15 +123,15 @@ public final class Hub: Sendable {
         }
         guard wasConnected else { return }
         // The name is read under the registry lock, as `rename` changes it under that lock.
-        let (name, roomKeys, accepting) = registry.withLock { registry in
+        let (speaker, roomKeys, accepting) = registry.withLock { registry in
             registry.sessions[session.id] = nil
-            let (name, roomKeys) = session.state.withLock { ($0.name, $0.rooms) }
-            removeName(NameRules.key(name), id: session.id, in: &registry)
-            return (name, roomKeys, registry.accepting)
+            let (speaker, roomKeys) = (session.speaker, session.roomKeys)
+            removeName(NameRules.key(speaker.name), id: session.id, in: &registry)
+            return (speaker, roomKeys, registry.accepting)
         }
         counters.activeSessions.subtract(1, ordering: .relaxed)
         for key in roomKeys {
-            leaveRoom(session, key: key, name: name, reason: reason, notify: accepting)
+            leaveRoom(session, key: key, who: speaker, reason: reason, notify: accepting)
         }
     }
 
@@ -168,7 +180,7 @@ public final class Hub: Sendable {
                 if state.members.contains(where: { $0 === session }) { return (false, false) }
                 state.members.append(session)
                 session.state.withLock { $0.rooms.append(key) }
-                deliver(.joined(room: room.name, name: session.name), to: state.members)
+                deliver(.joined(room: room.name, who: session.speaker), to: state.members)
                 return (true, false)
             }
             if outcome.retry { continue }
@@ -185,15 +197,15 @@ public final class Hub: Sendable {
             throw .notInRoom(roomName)
         }
         guard session.roomKeys.contains(key) else { throw .notInRoom(room.name) }
-        leaveRoom(session, key: key, name: session.name, reason: reason, notify: true)
+        leaveRoom(session, key: key, who: session.speaker, reason: reason, notify: true)
         return room.name
     }
 
-    private func leaveRoom(_ session: Session, key: String, name: String, reason: String?, notify: Bool) {
+    private func leaveRoom(_ session: Session, key: String, who: Speaker, reason: String?, notify: Bool) {
         guard let room = rooms.withLock({ $0[key] }) else { return }
         let nowEmpty = room.state.withLock { state in
             guard let index = state.members.firstIndex(where: { $0 === session }) else { return false }
-            if notify { deliver(.parted(room: room.name, name: name, reason: reason), to: state.members) }
+            if notify { deliver(.parted(room: room.name, who: who, reason: reason), to: state.members) }
             state.members.remove(at: index)
             session.state.withLock { $0.rooms.removeAll { $0 == key } }
             return state.members.isEmpty
@@ -238,7 +250,7 @@ public final class Hub: Sendable {
         let key = NameRules.key(roomName)
         guard let room = rooms.withLock({ $0[key] }) else { throw .noSuchRoom(roomName) }
         guard session.roomKeys.contains(key) else { throw .notInRoom(room.name) }
-        let sender = session.name
+        let sender = session.speaker
         room.state.withLock { state in
             state.sequence += 1
             let message = RoomMessage(room: room.name, sender: sender, text: text, kind: kind,
@@ -254,9 +266,11 @@ public final class Hub: Sendable {
         guard let text = NameRules.cleanText(text) else { throw .emptyMessage }
         let recipients = sessions(named: name)
         guard let first = recipients.first else { throw .noSuchUser(name) }
-        let sender = session.name
+        let sender = session.speaker
         deliver(.direct(from: sender, to: first.name, text: text, echo: false), to: recipients)
-        deliver(.direct(from: sender, to: first.name, text: text, echo: true), to: [session])
+        if session.receivesOwnMessages {
+            deliver(.direct(from: sender, to: first.name, text: text, echo: true), to: [session])
+        }
         counters.messagesRelayed.add(1, ordering: .relaxed)
     }
 
@@ -358,25 +372,23 @@ public final class Hub: Sendable {
         // Under the registry lock, so the name index and the session never disagree, and a session
         // that disconnected meanwhile does not leave its new name behind.
         let newKey = NameRules.key(newName)
-        let renamed: (old: String, rooms: [String])? = try registry.withLock { (registry) throws(HubError) in
+        let renamed: (old: Speaker, rooms: [String])? = try registry.withLock { (registry) throws(HubError) in
             guard registry.sessions[session.id] != nil else { return nil }
             if onlyIfFree && (registry.pendingNames.contains(newKey)
                               || (registry.byName[newKey] ?? []).contains(where: { $0 != session.id })) {
                 throw .nameTaken(newName)
             }
-            let (oldName, roomKeys) = session.state.withLock { state in
-                defer {
-                    state.name = newName
-                    state.account = account
-                }
-                return (state.name, state.rooms)
+            let (old, roomKeys) = (session.speaker, session.roomKeys)
+            session.state.withLock { state in
+                state.name = newName
+                state.account = account
             }
-            removeName(NameRules.key(oldName), id: session.id, in: &registry)
+            removeName(NameRules.key(old.name), id: session.id, in: &registry)
             registry.byName[newKey, default: []].append(session.id)
-            return (oldName, roomKeys)
+            return (old, roomKeys)
         }
-        guard let (oldName, roomKeys) = renamed else { return }
-        guard oldName != newName else { return }
+        guard let (old, roomKeys) = renamed else { return }
+        guard old.name != newName else { return }
         var seen: Set<Int> = [session.id]
         var recipients = [session]
         for key in roomKeys {
@@ -384,7 +396,7 @@ public final class Hub: Sendable {
                 recipients.append(member)
             }
         }
-        deliver(.renamed(old: oldName, new: newName), to: recipients)
+        deliver(.renamed(old: old, new: newName), to: recipients)
     }
 
     private func removeName(_ key: String, id: Int, in registry: inout Registry) {
@@ -440,7 +452,7 @@ public final class Hub: Sendable {
         }
 
         for recipient in recipients where recipient !== last { add(recipient) }
-        if let last {
+        if let last, last.receivesOwnMessages {
             add(last)
             // The sender's loop goes last, so its echo is submitted after every other copy.
             let loopID = ObjectIdentifier(last.sink.eventLoop)

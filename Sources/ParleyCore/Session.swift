@@ -18,6 +18,12 @@ public protocol SessionSink: AnyObject, Sendable {
     func flushQueued()
     /// Sends `finalBytes` (when given), then closes the connection.
     func disconnect(finalBytes: ByteBuffer?)
+    /// Whether the sender gets a copy of its own room and direct messages.
+    var receivesOwnMessages: Bool { get }
+}
+
+extension SessionSink {
+    public var receivesOwnMessages: Bool { true }
 }
 
 public struct SessionInfo: Sendable, Equatable {
@@ -37,30 +43,41 @@ public final class Session: Sendable {
     public let door: String
     public let address: String
     public let connectedAt: Date
+    /// The address without its port, shown as the host part of a user's mask.
+    public let host: String
     let sink: any SessionSink
 
     struct State {
         var name: String
         var account: String?
+        /// The user name an IRC client gave with USER; other doors use the session's name.
+        var user: String?
         /// Room keys in join order.
         var rooms: [String] = []
         var connected = true
     }
     let state: Mutex<State>
 
-    init(id: Int, name: String, door: String, address: String, sink: any SessionSink) {
+    init(id: Int, name: String, user: String?, door: String, address: String, sink: any SessionSink) {
         self.id = id
         self.door = door
         self.address = address
+        self.host = Hub.host(of: address)
         self.connectedAt = Date()
         self.sink = sink
-        self.state = Mutex(State(name: name))
+        self.state = Mutex(State(name: name, user: user))
     }
 
     public var name: String { state.withLock { $0.name } }
     public var account: String? { state.withLock { $0.account } }
     public var isLoggedIn: Bool { account != nil }
+    /// Whether the session takes the copy of its own messages (its acknowledgement); IRC clients
+    /// that did not ask for echo-message do not.
+    public var receivesOwnMessages: Bool { sink.receivesOwnMessages }
     public var roomKeys: [String] { state.withLock { $0.rooms } }
+    public var speaker: Speaker {
+        state.withLock { Speaker(name: $0.name, user: $0.user ?? $0.name, host: host, account: $0.account) }
+    }
 
     func info(roomNames: [String]) -> SessionInfo {
         state.withLock {

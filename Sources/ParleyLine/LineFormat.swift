@@ -13,17 +13,17 @@ public final class LineFormat: WireFormat {
         switch event {
         case .message(let message):
             switch message.kind {
-            case .say: return "MSG \(message.room) \(message.sender): \(message.text)"
-            case .action: return "ACTION \(message.room) \(message.sender) \(message.text)"
+            case .say, .notice: return "MSG \(message.room) \(message.sender.name): \(message.text)"
+            case .action: return "ACTION \(message.room) \(message.sender.name) \(message.text)"
             }
         case .direct(let from, let to, let text, let echo):
-            return echo ? "DM to \(to): \(text)" : "DM from \(from): \(text)"
-        case .joined(let room, let name):
-            return "JOIN \(room) \(name)"
-        case .parted(let room, let name, let reason):
-            return "PART \(room) \(name)" + (reason.map { " \($0)" } ?? "")
+            return echo ? "DM to \(to): \(text)" : "DM from \(from.name): \(text)"
+        case .joined(let room, let who):
+            return "JOIN \(room) \(who.name)"
+        case .parted(let room, let who, let reason):
+            return "PART \(room) \(who.name)" + (reason.map { " \($0)" } ?? "")
         case .renamed(let old, let new):
-            return "NICK \(old) \(new)"
+            return "NICK \(old.name) \(new)"
         case .notice(let text):
             return "NOTICE server: \(text)"
         case .goodbye(let reason):

@@ -20,9 +20,11 @@ final class RecordingSink: SessionSink {
     let flushes = Atomic<Int>(0)
     let closed = Atomic<Bool>(false)
     let eventFormat: EventFormat
-    init(loop: EmbeddedEventLoop, format: EventFormat) {
+    let receivesOwnMessages: Bool
+    init(loop: EmbeddedEventLoop, format: EventFormat, receivesOwnMessages: Bool = true) {
         self.loop = loop
         self.eventFormat = format
+        self.receivesOwnMessages = receivesOwnMessages
     }
     var eventLoop: any EventLoop { loop }
     var format: any WireFormat { eventFormat }
@@ -79,7 +81,8 @@ struct PlainHasher: PasswordHasher {
         #expect(a.name.hasPrefix("guest-"))
         #expect(a.name != b.name)
         #expect(hub.members(of: "#lobby")?.map(\.id) == [a.id, b.id])
-        #expect(sinkA.lines.contains("\(HubEvent.joined(room: "#lobby", name: b.name))"))
+        #expect(sinkA.lines.contains("\(HubEvent.joined(room: "#lobby", who: b.speaker))"))
+        #expect(b.speaker == Speaker(name: b.name, user: b.name, host: "127.0.0.1", account: nil))
     }
 
     @Test func roomMessagesReachMembersOnlyAndTheSenderLast() throws {
@@ -102,6 +105,36 @@ struct PlainHasher: PasswordHasher {
         #expect(format.renders.load(ordering: .relaxed) - rendersBefore == 1)
         #expect(hub.counters.messagesRelayed.load(ordering: .relaxed) == 1)
         _ = c
+    }
+
+    @Test func aSessionMayAskNotToGetItsOwnMessagesBack() throws {
+        let hub = makeHub()
+        let sink = RecordingSink(loop: loop, format: format, receivesOwnMessages: false)
+        let quiet = try hub.connect(door: "irc", address: "10.0.0.1:9", sink: sink, name: "quiet", user: "q", joinLobby: true)
+        let (other, otherSink) = connect(hub)
+        loop.run()
+        let before = sink.lines.count
+        try hub.say(quiet, room: "#lobby", text: "hello")
+        try hub.direct(quiet, to: other.name, text: "psst")
+        loop.run()
+        #expect(sink.lines.count == before)
+        #expect(otherSink.lines.suffix(2).allSatisfy { $0.contains("name: \"quiet\", user: \"q\", host: \"10.0.0.1\"") })
+    }
+
+    @Test func connectingWithANameNeedsItFreeUnlessSharedByTheSameAccount() throws {
+        let hub = makeHub()
+        _ = try hub.connect(door: "irc", address: "a:1", sink: RecordingSink(loop: loop, format: format), name: "zed", user: nil, joinLobby: false)
+        #expect(throws: HubError.nameTaken("ZED")) {
+            _ = try hub.connect(door: "irc", address: "a:2", sink: RecordingSink(loop: loop, format: format), name: "ZED", user: nil, joinLobby: false)
+        }
+        _ = try hub.connect(door: "irc", address: "a:3", sink: RecordingSink(loop: loop, format: format), name: "amy", user: nil, account: "amy", joinLobby: false)
+        let again = try hub.connect(door: "irc", address: "a:4", sink: RecordingSink(loop: loop, format: format), name: "amy", user: nil, account: "amy", joinLobby: false)
+        #expect(hub.sessions(named: "amy").count == 2)
+        #expect(again.roomKeys.isEmpty)
+        _ = hub.shutdown()
+        #expect(throws: HubError.shuttingDown) {
+            _ = try hub.connect(door: "irc", address: "a:5", sink: RecordingSink(loop: loop, format: format), name: nil, user: nil, joinLobby: true)
+        }
     }
 
     @Test func sequenceNumbersGiveATotalOrder() throws {

@@ -5,27 +5,32 @@ import Testing
 import ParleyCore
 
 @Suite struct LineFormatTests {
+    let alice = Speaker(name: "alice", user: "alice", host: "127.0.0.1", account: "alice")
+    let bob = Speaker(name: "bob", user: "b", host: "::1", account: nil)
+
     func render(_ event: HubEvent) -> String {
         String(buffer: LineFormat.shared.render(event) ?? ByteBuffer())
     }
 
     @Test func chatLinesCarryRoomAndSender() {
-        let message = RoomMessage(room: "#dev", sender: "alice", text: "hi: there", kind: .say, sequence: 1, time: Date())
+        let message = RoomMessage(room: "#dev", sender: alice, text: "hi: there", kind: .say, sequence: 1, time: Date())
         #expect(render(.message(message)) == "MSG #dev alice: hi: there\n")
-        let action = RoomMessage(room: "#dev", sender: "alice", text: "waves", kind: .action, sequence: 2, time: Date())
+        let action = RoomMessage(room: "#dev", sender: alice, text: "waves", kind: .action, sequence: 2, time: Date())
         #expect(render(.message(action)) == "ACTION #dev alice waves\n")
+        let notice = RoomMessage(room: "#dev", sender: alice, text: "fyi", kind: .notice, sequence: 3, time: Date())
+        #expect(render(.message(notice)) == "MSG #dev alice: fyi\n")
     }
 
     @Test func directMessagesAndEchoes() {
-        #expect(render(.direct(from: "alice", to: "bob", text: "psst", echo: false)) == "DM from alice: psst\n")
-        #expect(render(.direct(from: "alice", to: "bob", text: "psst", echo: true)) == "DM to bob: psst\n")
+        #expect(render(.direct(from: alice, to: "bob", text: "psst", echo: false)) == "DM from alice: psst\n")
+        #expect(render(.direct(from: alice, to: "bob", text: "psst", echo: true)) == "DM to bob: psst\n")
     }
 
     @Test func membershipAndNotices() {
-        #expect(render(.joined(room: "#dev", name: "bob")) == "JOIN #dev bob\n")
-        #expect(render(.parted(room: "#dev", name: "bob", reason: nil)) == "PART #dev bob\n")
-        #expect(render(.parted(room: "#dev", name: "bob", reason: "lunch")) == "PART #dev bob lunch\n")
-        #expect(render(.renamed(old: "guest-1", new: "alice")) == "NICK guest-1 alice\n")
+        #expect(render(.joined(room: "#dev", who: bob)) == "JOIN #dev bob\n")
+        #expect(render(.parted(room: "#dev", who: bob, reason: nil)) == "PART #dev bob\n")
+        #expect(render(.parted(room: "#dev", who: bob, reason: "lunch")) == "PART #dev bob lunch\n")
+        #expect(render(.renamed(old: Speaker(name: "guest-1", user: "guest-1", host: "h", account: nil), new: "alice")) == "NICK guest-1 alice\n")
         #expect(render(.notice("maintenance at noon")) == "NOTICE server: maintenance at noon\n")
         #expect(render(.goodbye(.shutdown)).hasPrefix("BYE "))
         #expect(render(.goodbye(.kicked(reason: "spam"))) == "BYE You were disconnected by the server operator: spam\n")

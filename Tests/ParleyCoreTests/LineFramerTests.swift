@@ -1,6 +1,6 @@
 import NIOCore
 import Testing
-@testable import ParleyLine
+@testable import ParleyCore
 
 @Suite struct LineFramerTests {
     func lines(_ chunks: [String], max: Int = 8192) -> [String] {

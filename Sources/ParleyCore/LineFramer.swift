@@ -8,7 +8,8 @@ public enum FramedLine: Equatable, Sendable {
     case tooLong
 }
 
-/// Splits a byte stream into lines ending in LF or CRLF, with a bounded line length.
+/// Splits a byte stream into lines ending in LF or CRLF, with a bounded line length. Shared by the
+/// line-based doors (line protocol, IRC): framing is protocol-neutral, what a line means is not.
 /// Bytes are kept until a caller asks for the next line, so a paused reader keeps its input.
 public struct LineFramer: Sendable {
     public let maxLineLength: Int
