@@ -1,6 +1,5 @@
 import NIOCore
 import ParleyCore
-import Synchronization
 
 public struct LineDoorConfig: Sendable {
     public var maxLineLength = 8192
@@ -15,59 +14,6 @@ public struct LineDoorConfig: Sendable {
     public init() {}
 }
 
-/// The hub's handle on one line-protocol connection. Called on the channel's event loop only.
-final class LineSink: SessionSink {
-    let channel: any Channel
-    let closeGrace: TimeAmount
-    /// Set once the connection is being closed; later output is dropped.
-    private let closing = Atomic<Bool>(false)
-    /// A flush is already queued on the loop: everything enqueued before it runs goes out in one write.
-    private let flushScheduled = Atomic<Bool>(false)
-
-    var eventLoop: any EventLoop { channel.eventLoop }
-    var format: any WireFormat { LineFormat.shared }
-    var isClosing: Bool { closing.load(ordering: .relaxed) }
-
-    init(channel: any Channel, closeGrace: TimeAmount) {
-        self.channel = channel
-        self.closeGrace = closeGrace
-    }
-
-    func enqueue(_ bytes: ByteBuffer) {
-        guard !isClosing else { return }
-        channel.write(bytes, promise: nil)
-        if !channel.isWritable {
-            // Producer-consumer with a bound: a client that stopped reading is cut off, not buffered forever.
-            var last = ByteBuffer(string: LineReply.err("sendq-exceeded", "You stopped reading and more than your outbound limit queued up; disconnecting. Reconnect to continue.") + "\n")
-            if let bye = format.render(.goodbye(.sendqExceeded)) { last.writeImmutableBuffer(bye) }
-            disconnect(finalBytes: last)
-        }
-    }
-
-    /// Coalesces: the flush runs after the tasks already queued on this loop, so a client that is
-    /// handed many messages in one loop pass (a busy room) gets them in one `writev`, not one each.
-    func flushQueued() {
-        guard !isClosing, !flushScheduled.exchange(true, ordering: .relaxed) else { return }
-        channel.eventLoop.execute {
-            self.flushScheduled.store(false, ordering: .relaxed)
-            if !self.isClosing { self.channel.flush() }
-        }
-    }
-
-    func disconnect(finalBytes: ByteBuffer?) {
-        guard !closing.exchange(true, ordering: .relaxed) else { return }
-        let channel = self.channel
-        let close: @Sendable (Result<Void, any Error>) -> Void = { _ in channel.close(promise: nil) }
-        if let finalBytes {
-            channel.writeAndFlush(finalBytes).whenComplete(close)
-        } else {
-            channel.close(promise: nil)
-        }
-        // A client that does not read would keep the final write pending forever.
-        channel.eventLoop.scheduleTask(in: closeGrace) { channel.close(promise: nil) }
-    }
-}
-
 /// One line-protocol connection: framing, flood control, commands. Its state lives on the channel's
 /// event loop (thread confinement); only hub calls cross threads.
 public final class LineConnectionHandler: ChannelDuplexHandler {
@@ -78,7 +24,7 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
     private let hub: Hub
     private let config: LineDoorConfig
     private var framer: LineFramer
-    private var sink: LineSink?
+    private var sink: ChannelSink?
     private var session: Session?
     /// The room plain lines go to (the line protocol's idea; the hub has none).
     private var currentRoom: String?
@@ -88,8 +34,7 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
     /// Over the flood allowance: reading is paused until the bucket refills.
     private var floodPaused = false
     private var readPending = false
-    private var tokens: Double
-    private var lastRefill = NIODeadline.now()
+    private var flood: FloodBucket
     private var toldAboutFlood = false
     private var quietTimer: Scheduled<Void>?
     private var wroteSinceFlush = false
@@ -98,7 +43,7 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
         self.hub = hub
         self.config = config
         self.framer = LineFramer(maxLineLength: config.maxLineLength)
-        self.tokens = config.floodBurst
+        self.flood = FloodBucket(burst: config.floodBurst, rate: config.floodRate)
     }
 
     private var paused: Bool { awaitingCommand || floodPaused }
@@ -107,7 +52,11 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
     // MARK: Channel events
 
     public func channelActive(context: ChannelHandlerContext) {
-        let sink = LineSink(channel: context.channel, closeGrace: config.closeGrace)
+        let sink = ChannelSink(channel: context.channel, format: LineFormat.shared, closeGrace: config.closeGrace) { format in
+            var last = ByteBuffer(string: LineReply.err("sendq-exceeded", "You stopped reading and more than your outbound limit queued up; disconnecting. Reconnect to continue.") + "\n")
+            if let bye = format.render(.goodbye(.sendqExceeded)) { last.writeImmutableBuffer(bye) }
+            return last
+        }
         self.sink = sink
         guard let session = hub.connect(door: "line", address: Self.describe(context.channel.remoteAddress), sink: sink) else {
             sink.disconnect(finalBytes: LineFormat.shared.render(.goodbye(.shutdown)))
@@ -186,20 +135,13 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
 
     /// Token bucket: each line costs one token; a client in debt is not read until it is repaid.
     private func spendToken(_ context: ChannelHandlerContext) {
-        guard config.floodRate > 0 else { return }
-        let now = NIODeadline.now()
-        let elapsed = Double((now - lastRefill).nanoseconds) / 1e9
-        tokens = min(config.floodBurst, tokens + elapsed * config.floodRate)
-        lastRefill = now
-        tokens -= 1
-        guard tokens < 0 else { return }
+        guard let wait = flood.spend() else { return }
         floodPaused = true
         pause(context)
         if !toldAboutFlood {
             toldAboutFlood = true
             reply(context, LineReply.info("You are sending faster than \(Int(config.floodRate)) lines a second; your lines are being delayed, none is lost."))
         }
-        let wait = TimeAmount.nanoseconds(Int64((1 - tokens) / config.floodRate * 1e9))
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
         context.eventLoop.scheduleTask(in: wait) {

@@ -1,0 +1,99 @@
+import NIOCore
+import Synchronization
+
+/// The hub's handle on one connection of a line-based door: queue, coalesced flush, bounded outbound
+/// queue, goodbye-then-close. Doors differ only in their format and in what they say on overflow.
+/// Every `SessionSink` method runs on the channel's event loop.
+public final class ChannelSink: SessionSink {
+    public let channel: any Channel
+    private let closeGrace: TimeAmount
+    /// What a client that overflowed its outbound limit is told before it is cut off.
+    private let overflowNotice: @Sendable (any WireFormat) -> ByteBuffer?
+    /// Set once the connection is being closed; later output is dropped.
+    private let closing = Atomic<Bool>(false)
+    /// A flush is already queued on the loop: everything enqueued before it runs goes out in one write.
+    private let flushScheduled = Atomic<Bool>(false)
+    private let wantsOwnMessages: Atomic<Bool>
+    /// Read by the hub on other threads; changed by the door (for example when IRC capabilities change).
+    private let currentFormat: Mutex<any WireFormat>
+
+    public init(channel: any Channel, format: any WireFormat, closeGrace: TimeAmount, receivesOwnMessages: Bool = true,
+                overflowNotice: @escaping @Sendable (any WireFormat) -> ByteBuffer?) {
+        self.channel = channel
+        self.closeGrace = closeGrace
+        self.overflowNotice = overflowNotice
+        self.currentFormat = Mutex(format)
+        self.wantsOwnMessages = Atomic(receivesOwnMessages)
+    }
+
+    public var eventLoop: any EventLoop { channel.eventLoop }
+    public var format: any WireFormat {
+        get { currentFormat.withLock { $0 } }
+        set { currentFormat.withLock { $0 = newValue } }
+    }
+    public var receivesOwnMessages: Bool {
+        get { wantsOwnMessages.load(ordering: .relaxed) }
+        set { wantsOwnMessages.store(newValue, ordering: .relaxed) }
+    }
+    public var isClosing: Bool { closing.load(ordering: .relaxed) }
+
+    public func enqueue(_ bytes: ByteBuffer) {
+        guard !isClosing else { return }
+        channel.write(bytes, promise: nil)
+        if !channel.isWritable {
+            // Producer-consumer with a bound: a client that stopped reading is cut off, not buffered forever.
+            disconnect(finalBytes: overflowNotice(format))
+        }
+    }
+
+    /// Coalesces: the flush runs after the tasks already queued on this loop, so a client that is
+    /// handed many messages in one loop pass (a busy room) gets them in one `writev`, not one each.
+    public func flushQueued() {
+        guard !isClosing, !flushScheduled.exchange(true, ordering: .relaxed) else { return }
+        channel.eventLoop.execute {
+            self.flushScheduled.store(false, ordering: .relaxed)
+            if !self.isClosing { self.channel.flush() }
+        }
+    }
+
+    public func disconnect(finalBytes: ByteBuffer?) {
+        guard !closing.exchange(true, ordering: .relaxed) else { return }
+        let channel = self.channel
+        let close: @Sendable (Result<Void, any Error>) -> Void = { _ in channel.close(promise: nil) }
+        if let finalBytes {
+            channel.writeAndFlush(finalBytes).whenComplete(close)
+        } else {
+            channel.close(promise: nil)
+        }
+        // A client that does not read would keep the final write pending forever.
+        channel.eventLoop.scheduleTask(in: closeGrace) { channel.close(promise: nil) }
+    }
+}
+
+/// Flood control for one connection: a burst of `burst` lines, then `rate` lines a second. A client
+/// in debt is paused (not read), never cut off, so nothing it sent is lost.
+public struct FloodBucket: Sendable {
+    public let burst: Double
+    public let rate: Double
+    private var tokens: Double
+    private var lastRefill: NIODeadline
+
+    /// `rate` 0 turns flood control off.
+    public init(burst: Double, rate: Double, now: NIODeadline = .now()) {
+        self.burst = burst
+        self.rate = rate
+        self.tokens = burst
+        self.lastRefill = now
+    }
+
+    /// Spends one line; returns how long to pause reading, or nil when the client is within its allowance.
+    public mutating func spend(now: NIODeadline = .now()) -> TimeAmount? {
+        guard rate > 0 else { return nil }
+        let elapsed = Double((now - lastRefill).nanoseconds) / 1e9
+        tokens = min(burst, tokens + elapsed * rate)
+        lastRefill = now
+        tokens -= 1
+        guard tokens < 0 else { return nil }
+        return .nanoseconds(Int64((1 - tokens) / rate * 1e9))
+    }
+}
