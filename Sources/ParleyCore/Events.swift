@@ -52,7 +52,7 @@ public enum GoodbyeReason: Sendable, Equatable {
 public enum HubEvent: Sendable, Equatable {
     case message(RoomMessage)
     /// `echo` is true on the copy sent back to the sender as its acknowledgement.
-    case direct(from: Speaker, to: String, text: String, echo: Bool)
+    case direct(from: Speaker, to: String, text: String, kind: MessageKind, echo: Bool)
     case joined(room: String, who: Speaker)
     case parted(room: String, who: Speaker, reason: String?)
     case renamed(old: Speaker, new: String)

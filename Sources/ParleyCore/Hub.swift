@@ -261,15 +261,15 @@ public final class Hub: Sendable {
     }
 
     /// A direct message to every session of a name; the sender gets an echo after the recipients.
-    public func direct(_ session: Session, to name: String, text: String) throws(HubError) {
+    public func direct(_ session: Session, to name: String, text: String, kind: MessageKind = .say) throws(HubError) {
         if config.requireLogin && !session.isLoggedIn { throw .loginRequired }
         guard let text = NameRules.cleanText(text) else { throw .emptyMessage }
         let recipients = sessions(named: name)
         guard let first = recipients.first else { throw .noSuchUser(name) }
         let sender = session.speaker
-        deliver(.direct(from: sender, to: first.name, text: text, echo: false), to: recipients)
+        deliver(.direct(from: sender, to: first.name, text: text, kind: kind, echo: false), to: recipients)
         if session.receivesOwnMessages {
-            deliver(.direct(from: sender, to: first.name, text: text, echo: true), to: [session])
+            deliver(.direct(from: sender, to: first.name, text: text, kind: kind, echo: true), to: [session])
         }
         counters.messagesRelayed.add(1, ordering: .relaxed)
     }
@@ -324,7 +324,14 @@ public final class Hub: Sendable {
 
     public func login(_ session: Session, name: String, password: String) async throws(HubError) {
         if let account = session.account { throw .alreadyLoggedIn(account) }
-        let keys = ["account:" + NameRules.key(name), "address:" + Self.host(of: session.address)]
+        let account = try await authenticate(name: name, password: password, address: session.address)
+        try rename(session, to: account, account: account)
+    }
+
+    /// Checks an account's password (throttled per account and per address) without a session, for
+    /// doors that log in before the session exists (IRC SASL and PASS). Returns the account's name.
+    public func authenticate(name: String, password: String, address: String) async throws(HubError) -> String {
+        let keys = ["account:" + NameRules.key(name), "address:" + Self.host(of: address)]
         let wait = throttle.admit(keys: keys)
         if wait > .zero { try? await Task.sleep(for: wait) }
         let record: AccountRecord?
@@ -343,7 +350,15 @@ public final class Hub: Sendable {
             throw .loginFailed
         }
         throttle.recordSuccess(keys: keys)
-        try rename(session, to: record.name, account: record.name)
+        return record.name
+    }
+
+    public func accountExists(_ name: String) async throws(HubError) -> Bool {
+        do {
+            return try await accounts.account(named: name) != nil
+        } catch {
+            throw .storeFailed("check the name")
+        }
     }
 
     public func logout(_ session: Session) throws(HubError) {
@@ -355,13 +370,7 @@ public final class Hub: Sendable {
     public func changeGuestName(_ session: Session, to name: String) async throws(HubError) {
         if let account = session.account { throw .alreadyLoggedIn(account) }
         if let error = NameRules.validateName(name) { throw error }
-        let exists: Bool
-        do {
-            exists = try await accounts.account(named: name) != nil
-        } catch {
-            throw .storeFailed("check the name")
-        }
-        if exists { throw .nameTaken(name) }
+        if try await accountExists(name) { throw .nameTaken(name) }
         try rename(session, to: name, account: nil, onlyIfFree: true)
     }
 

@@ -16,7 +16,8 @@ public final class LineFormat: WireFormat {
             case .say, .notice: return "MSG \(message.room) \(message.sender.name): \(message.text)"
             case .action: return "ACTION \(message.room) \(message.sender.name) \(message.text)"
             }
-        case .direct(let from, let to, let text, let echo):
+        case .direct(let from, let to, let text, let kind, let echo):
+            let text = kind == .action ? "* \(from.name) \(text)" : text
             return echo ? "DM to \(to): \(text)" : "DM from \(from.name): \(text)"
         case .joined(let room, let who):
             return "JOIN \(room) \(who.name)"
