@@ -42,7 +42,7 @@ let package = Package(
         .target(
             name: "ParleyServer",
             dependencies: [
-                "ParleyCore", "ParleyStore", "ParleyLine",
+                "ParleyCore", "ParleyStore", "ParleyLine", "ParleyIRC",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
@@ -79,7 +79,7 @@ let package = Package(
         .testTarget(
             name: "ParleyEndToEndTests",
             dependencies: [
-                "ParleyServer", "ParleyClient", "ParleyCore",
+                "ParleyServer", "ParleyClient", "ParleyCore", "ParleyIRC",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

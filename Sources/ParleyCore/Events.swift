@@ -59,3 +59,9 @@ public enum HubEvent: Sendable, Equatable {
     case notice(String)
     case goodbye(GoodbyeReason)
 }
+
+/// Sent through every connection's pipeline when the server shuts down, so a connection that is not
+/// (yet) a hub session, such as an IRC client still registering, can say goodbye too.
+public struct ServerShuttingDown: Sendable {
+    public init() {}
+}

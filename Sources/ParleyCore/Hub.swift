@@ -41,6 +41,8 @@ final class Room: Sendable {
     let name: String
     struct State {
         var members: [Session] = []
+        /// Session ids of the room's operators: whoever joins an empty room becomes one.
+        var operators: Set<Int> = []
         var sequence: UInt64 = 0
         /// Set when the room is removed from the hub; a late joiner then recreates it.
         var closed = false
@@ -94,10 +96,13 @@ public final class Hub: Sendable {
     /// Registers a new connection under `name` (a guest name when nil). A name must be free online;
     /// whether an account holds it is the door's question (it may already be logged in as that account).
     public func connect(door: String, address: String, sink: any SessionSink, name: String?, user: String?,
-                        account: String? = nil, joinLobby: Bool) throws(HubError) -> Session {
+                        realName: String? = nil, account: String? = nil, joinLobby: Bool) throws(HubError) -> Session {
         let id = nextSessionID.wrappingAdd(1, ordering: .relaxed).oldValue
         let session = Session(id: id, name: name ?? newGuestName(), user: user, door: door, address: address, sink: sink)
-        session.state.withLock { $0.account = account }
+        session.state.withLock {
+            $0.account = account
+            $0.realName = realName
+        }
         let key = NameRules.key(session.name)
         try registry.withLock { (registry) throws(HubError) in
             guard registry.accepting else { throw .shuttingDown }
@@ -178,6 +183,7 @@ public final class Hub: Sendable {
             let outcome: (joined: Bool, retry: Bool) = room.state.withLock { state in
                 if state.closed { return (false, true) }
                 if state.members.contains(where: { $0 === session }) { return (false, false) }
+                if state.members.isEmpty { state.operators.insert(session.id) }
                 state.members.append(session)
                 session.state.withLock { $0.rooms.append(key) }
                 deliver(.joined(room: room.name, who: session.speaker), to: state.members)
@@ -207,6 +213,7 @@ public final class Hub: Sendable {
             guard let index = state.members.firstIndex(where: { $0 === session }) else { return false }
             if notify { deliver(.parted(room: room.name, who: who, reason: reason), to: state.members) }
             state.members.remove(at: index)
+            state.operators.remove(session.id)
             session.state.withLock { $0.rooms.removeAll { $0 == key } }
             return state.members.isEmpty
         }
@@ -234,6 +241,12 @@ public final class Hub: Sendable {
     public func members(of roomName: String) -> [Session]? {
         guard let room = rooms.withLock({ $0[NameRules.key(roomName)] }) else { return nil }
         return room.state.withLock { $0.members }
+    }
+
+    /// Members of a room with whether each is an operator, in join order; nil when there is no such room.
+    public func membership(of roomName: String) -> [(session: Session, isOperator: Bool)]? {
+        guard let room = rooms.withLock({ $0[NameRules.key(roomName)] }) else { return nil }
+        return room.state.withLock { state in state.members.map { ($0, state.operators.contains($0.id)) } }
     }
 
     public func roomNames(for keys: [String]) -> [String] {

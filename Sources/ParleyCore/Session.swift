@@ -52,6 +52,10 @@ public final class Session: Sendable {
         var account: String?
         /// The user name an IRC client gave with USER; other doors use the session's name.
         var user: String?
+        /// The "real name" an IRC client gave with USER.
+        var realName: String?
+        /// An away message (IRC AWAY); nil when present.
+        var away: String?
         /// Room keys in join order.
         var rooms: [String] = []
         var connected = true
@@ -75,6 +79,11 @@ public final class Session: Sendable {
     /// that did not ask for echo-message do not.
     public var receivesOwnMessages: Bool { sink.receivesOwnMessages }
     public var roomKeys: [String] { state.withLock { $0.rooms } }
+    public var realName: String? { state.withLock { $0.realName } }
+    public var away: String? {
+        get { state.withLock { $0.away } }
+        set { state.withLock { $0.away = newValue } }
+    }
     public var speaker: Speaker {
         state.withLock { Speaker(name: $0.name, user: $0.user ?? $0.name, host: host, account: $0.account) }
     }

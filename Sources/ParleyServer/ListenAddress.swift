@@ -2,6 +2,7 @@
 public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
     public enum Scheme: String, Sendable, CaseIterable {
         case line
+        case irc
     }
 
     public let scheme: Scheme
@@ -10,6 +11,8 @@ public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
     public let port: Int
 
     public static let defaultLine = ListenAddress(scheme: .line, host: "127.0.0.1", port: 5555)
+    public static let defaultIRC = ListenAddress(scheme: .irc, host: "127.0.0.1", port: 6667)
+    public static let defaults = [defaultLine, defaultIRC]
 
     public init(scheme: Scheme, host: String, port: Int) {
         self.scheme = scheme

@@ -1,12 +1,14 @@
 import NIOCore
 import NIOPosix
+import Foundation
 import ParleyCore
+import ParleyIRC
 import ParleyLine
 import ParleyStore
 import Synchronization
 
 public struct ServerConfig: Sendable {
-    public var listeners: [ListenAddress] = [.defaultLine]
+    public var listeners: [ListenAddress] = ListenAddress.defaults
     public var dataDirectory = "./parley-data"
     public var requireLogin = false
     /// Event loops; one per core by default.
@@ -16,6 +18,11 @@ public struct ServerConfig: Sendable {
     /// Bytes queued for one client before it is disconnected as a slow reader.
     public var outboundLimit = 1 << 20
     public var line = LineDoorConfig()
+    public var irc: IRCDoorConfig = {
+        var irc = IRCDoorConfig()
+        irc.serverName = ProcessInfo.processInfo.hostName
+        return irc
+    }()
     /// How long shutdown waits for connections to finish before closing them anyway.
     public var shutdownTimeout = Duration.seconds(5)
 
@@ -74,6 +81,8 @@ public final class ParleyServer: Sendable {
     private func bind(_ address: ListenAddress) async throws -> any Channel {
         let hub = self.hub
         let lineConfig = config.line
+        let ircConfig = config.irc
+        let formats = IRCFormats(serverName: config.irc.serverName)
         let limit = config.outboundLimit
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 4096)
@@ -88,6 +97,8 @@ public final class ParleyServer: Sendable {
                     switch address.scheme {
                     case .line:
                         try channel.pipeline.syncOperations.addHandler(LineConnectionHandler(hub: hub, config: lineConfig))
+                    case .irc:
+                        try channel.pipeline.syncOperations.addHandler(IRCConnectionHandler(hub: hub, config: ircConfig, formats: formats))
                     }
                 }
             }
@@ -128,6 +139,8 @@ public final class ParleyServer: Sendable {
         for channel in listeners { try? await channel.close() }
         _ = hub.shutdown()
         let open = state.withLock { Array($0.connections.values) }
+        // Connections that are not hub sessions yet (an IRC client still registering) say goodbye too.
+        for channel in open { channel.pipeline.fireUserInboundEventTriggered(ServerShuttingDown()) }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 for channel in open { try? await channel.closeFuture.get() }

@@ -13,11 +13,17 @@ struct Serve: AsyncParsableCommand {
             `exit`, SIGINT and SIGTERM shut it down cleanly.
             """)
 
-    @Option(name: .customLong("listen"), help: "A listener, SCHEME://HOST:PORT (repeatable; port 0 picks a free port). Default: line://127.0.0.1:5555")
+    @Option(name: .customLong("listen"), help: "A listener, SCHEME://HOST:PORT with SCHEME line or irc (repeatable; port 0 picks a free port). Default: line://127.0.0.1:5555 and irc://127.0.0.1:6667")
     var listeners: [String] = []
 
     @Option(help: "Directory of the SQLite database.")
     var dataDir = "./parley-data"
+
+    @Option(help: "The name the IRC door uses as the source of its replies (default: the host name).")
+    var serverName: String?
+
+    @Option(help: "A file whose lines are the IRC message of the day.")
+    var motd: String?
 
     @Flag(help: "Refuse chat from guests: an account is needed to talk.")
     var requireLogin = false
@@ -50,7 +56,7 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         var config = ServerConfig()
         do {
-            config.listeners = try listeners.isEmpty ? [.defaultLine] : listeners.map { try ListenAddress(parsing: $0) }
+            config.listeners = try listeners.isEmpty ? ListenAddress.defaults : listeners.map { try ListenAddress(parsing: $0) }
         } catch {
             throw ValidationError("\(error)")
         }
@@ -61,6 +67,15 @@ struct Serve: AsyncParsableCommand {
         config.outboundLimit = outboundLimit
         config.line.floodRate = floodRate
         config.line.floodBurst = floodBurst
+        config.irc.floodRate = floodRate
+        config.irc.floodBurst = floodBurst
+        if let serverName { config.irc.serverName = serverName }
+        if let motd {
+            guard let text = try? String(contentsOfFile: motd, encoding: .utf8) else {
+                throw ValidationError("Cannot read the MOTD file \(motd); check the path and that it is UTF-8 text.")
+            }
+            config.irc.motd = text.split(separator: "\n", omittingEmptySubsequences: false).map { String($0) }
+        }
 
         raiseOpenFileLimit()
         // Watch signals before announcing the listeners: a script may signal as soon as it reads them.

@@ -8,12 +8,15 @@ import Testing
 struct RunningServer {
     let server: ParleyServer
     let port: Int
+    /// The IRC listener's port, when the configuration has one.
+    let ircPort: Int?
     let directory: String
 
     static func start(_ configure: (inout ServerConfig) -> Void = { _ in }) async throws -> RunningServer {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("parley-e2e-\(UUID())").path
         var config = ServerConfig()
-        config.listeners = [ListenAddress(scheme: .line, host: "127.0.0.1", port: 0)]
+        config.listeners = [ListenAddress(scheme: .line, host: "127.0.0.1", port: 0), ListenAddress(scheme: .irc, host: "127.0.0.1", port: 0)]
+        config.irc.serverName = "parley.test"
         config.dataDirectory = directory
         // The lowest bcrypt cost keeps the suite fast; the process tests run the real default (10).
         config.bcryptCost = 4
@@ -21,7 +24,8 @@ struct RunningServer {
         configure(&config)
         let server = try ParleyServer(config: config)
         let bound = try await server.start()
-        return RunningServer(server: server, port: bound[0].address.port, directory: directory)
+        return RunningServer(server: server, port: bound[0].address.port,
+                             ircPort: bound.first { $0.address.scheme == .irc }?.address.port, directory: directory)
     }
 
     func client() async throws -> LineClient {

@@ -1,0 +1,738 @@
+import Foundation
+import NIOCore
+import ParleyCore
+
+public struct IRCDoorConfig: Sendable {
+    /// The source of the server's own lines and the name in PONG.
+    public var serverName = "parley.local"
+    public var network = "Parley"
+    public var version = "parley-0.1"
+    /// Lines of the message of the day; nil: none (422).
+    public var motd: [String]?
+    /// A client that has not finished registering by then is disconnected.
+    public var registrationTimeout = TimeAmount.seconds(60)
+    /// A client silent this long is sent a PING; silent as long again, it is disconnected.
+    public var pingInterval = TimeAmount.seconds(120)
+    public var floodBurst = 200.0
+    public var floodRate = 100.0
+    public var closeGrace = TimeAmount.seconds(2)
+    public var createdAt = Date()
+
+    public init() {}
+}
+
+/// The capabilities this server offers (IRCv3 CAP). Only what is implemented is listed.
+enum IRCCapabilities {
+    static let offered: [String] = ["cap-notify", "echo-message", "multi-prefix", "server-time", "userhost-in-names"]
+}
+
+/// One IRC connection: framing, registration (CAP, PASS, NICK, USER), commands, keep-alive. Its state
+/// lives on the channel's event loop; it reaches other users only through the hub.
+public final class IRCConnectionHandler: ChannelDuplexHandler {
+    public typealias InboundIn = ByteBuffer
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
+
+    private let hub: Hub
+    private let config: IRCDoorConfig
+    private let formats: IRCFormats
+    private var framer = LineFramer(maxLineLength: IRCLimits.maxLineBytes)
+    private var sink: ChannelSink?
+    private var session: Session?
+    private var address = "unknown"
+
+    // Registration.
+    private var nick: String?
+    private var userName: String?
+    private var realName: String?
+    private var password: String?
+    private var capNegotiating = false
+    private var capabilities: Set<String> = []
+    private var registrationTimer: Scheduled<Void>?
+
+    // Flow control and keep-alive.
+    private var awaitingCommand = false
+    private var floodPaused = false
+    private var readPending = false
+    private var flood: FloodBucket
+    private var wroteSinceFlush = false
+    private var heardSinceLastCheck = true
+    private var pingOutstanding = false
+    private var keepAlive: RepeatedTask?
+
+    public init(hub: Hub, config: IRCDoorConfig, formats: IRCFormats) {
+        self.hub = hub
+        self.config = config
+        self.formats = formats
+        self.flood = FloodBucket(burst: config.floodBurst, rate: config.floodRate)
+    }
+
+    private var paused: Bool { awaitingCommand || floodPaused }
+    private var closing: Bool { sink?.isClosing ?? true }
+    private var currentNick: String { session?.name ?? nick ?? "*" }
+
+    // MARK: Channel events
+
+    public func channelActive(context: ChannelHandlerContext) {
+        address = Self.describe(context.channel.remoteAddress)
+        let serverName = config.serverName
+        sink = ChannelSink(channel: context.channel, format: formats.format(IRCRenderOptions()),
+                           closeGrace: config.closeGrace, receivesOwnMessages: false) { format in
+            format.render(.goodbye(.sendqExceeded))
+        }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        registrationTimer = context.eventLoop.scheduleTask(in: config.registrationTimeout) {
+            let (handler, context) = bound.value
+            guard handler.session == nil else { return }
+            handler.close(context, reason: "Registration timed out (\(serverName))")
+        }
+        keepAlive = context.eventLoop.scheduleRepeatedTask(initialDelay: config.pingInterval, delay: config.pingInterval) { _ in
+            let (handler, context) = bound.value
+            handler.checkAlive(context)
+        }
+        context.fireChannelActive()
+    }
+
+    public func channelInactive(context: ChannelHandlerContext) {
+        registrationTimer?.cancel()
+        keepAlive?.cancel()
+        if let session { hub.disconnect(session) }
+        context.fireChannelInactive()
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        framer.append(unwrapInboundIn(data))
+        heardSinceLastCheck = true
+        pingOutstanding = false
+        processLines(context)
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ServerShuttingDown, session == nil {
+            close(context, reason: "The server is shutting down")
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    public func read(context: ChannelHandlerContext) {
+        if paused {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    private func checkAlive(_ context: ChannelHandlerContext) {
+        if pingOutstanding && !heardSinceLastCheck {
+            close(context, reason: "Ping timeout: \(config.pingInterval.nanoseconds / 1_000_000_000) seconds")
+            return
+        }
+        if !heardSinceLastCheck {
+            send(context, IRCMessage("PING", [config.serverName]))
+            pingOutstanding = true
+            flushIfNeeded(context)
+        }
+        heardSinceLastCheck = false
+    }
+
+    // MARK: Lines
+
+    private func processLines(_ context: ChannelHandlerContext) {
+        while !paused && !closing, let framed = framer.next() {
+            handle(framed, context)
+            if let wait = flood.spend() { pauseForFlood(context, wait) }
+        }
+        flushIfNeeded(context)
+    }
+
+    private func pauseForFlood(_ context: ChannelHandlerContext, _ wait: TimeAmount) {
+        floodPaused = true
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: wait) {
+            let (handler, context) = bound.value
+            handler.floodPaused = false
+            handler.resume(context)
+        }
+    }
+
+    private func resume(_ context: ChannelHandlerContext) {
+        guard !paused else { return }
+        processLines(context)
+        if !paused && readPending {
+            readPending = false
+            context.read()
+        }
+    }
+
+    private func handle(_ framed: FramedLine, _ context: ChannelHandlerContext) {
+        guard case .line(let bytes) = framed else {
+            numeric(context, "417", "Input line was too long")
+            return
+        }
+        // IRC is UTF-8 here (UTF8ONLY); invalid bytes are replaced rather than dropping the line.
+        let line = String(decoding: bytes.readableBytesView, as: UTF8.self)
+        if IRCLimits.check(Substring(line)) != nil {
+            numeric(context, "417", "Input line was too long")
+            return
+        }
+        let message: IRCMessage
+        do {
+            message = try IRCMessage(parsing: line)
+        } catch .empty {
+            return
+        } catch {
+            numeric(context, "421", String(line.prefix(32)), "Unknown command")
+            return
+        }
+        dispatch(message, context)
+    }
+
+    // MARK: Commands
+
+    /// Parameters each command needs, and whether it may come before registration.
+    private static let commandTable: [String: (minParams: Int, beforeRegistration: Bool)] = [
+        "CAP": (1, true), "PASS": (1, true), "NICK": (0, true), "USER": (4, true), "PING": (0, true),
+        "PONG": (0, true), "QUIT": (0, true),
+        "JOIN": (1, false), "PART": (1, false), "PRIVMSG": (0, false), "NOTICE": (0, false),
+        "NAMES": (0, false), "WHO": (0, false), "WHOIS": (1, false), "MODE": (1, false), "TOPIC": (1, false),
+        "LIST": (0, false), "ISON": (1, false), "USERHOST": (1, false), "MOTD": (0, false),
+        "LUSERS": (0, false), "VERSION": (0, false), "TIME": (0, false), "AWAY": (0, false),
+    ]
+
+    private func dispatch(_ message: IRCMessage, _ context: ChannelHandlerContext) {
+        guard let spec = Self.commandTable[message.command] else {
+            numeric(context, "421", message.command, "Unknown command")
+            return
+        }
+        guard spec.beforeRegistration || session != nil else {
+            numeric(context, "451", "You have not registered")
+            return
+        }
+        guard message.params.count >= spec.minParams else {
+            numeric(context, "461", message.command, "Not enough parameters")
+            return
+        }
+        let params = message.params
+        switch message.command {
+        case "CAP": capability(params, context)
+        case "PASS":
+            if session != nil { numeric(context, "462", "You may not reregister") } else { password = params[0] }
+        case "NICK": changeNick(params, context)
+        case "USER":
+            if session != nil {
+                numeric(context, "462", "You may not reregister")
+            } else {
+                userName = String(params[0].prefix(20))
+                realName = params[3]
+                completeRegistration(context)
+            }
+        case "PING":
+            guard let token = params.first else { numeric(context, "409", "No origin specified"); return }
+            send(context, IRCMessage(source: config.serverName, "PONG", [config.serverName, token]))
+        case "PONG": return
+        case "QUIT":
+            let reason = params.first.map { "Quit: \($0)" } ?? "Quit"
+            if let session { hub.disconnect(session, reason: reason) }
+            close(context, reason: reason)
+        case "JOIN": join(params, context)
+        case "PART": part(params, context)
+        case "PRIVMSG", "NOTICE": chat(message.command, params, context)
+        case "NAMES":
+            if let channels = params.first {
+                for channel in channels.split(separator: ",") { names(String(channel), context) }
+            } else {
+                numeric(context, "366", "*", "End of /NAMES list")
+            }
+        case "WHO": who(params.first, context)
+        case "WHOIS": whois(params.last ?? "", context)
+        case "MODE": mode(params, context)
+        case "TOPIC": topic(params, context)
+        case "LIST": list(context)
+        case "ISON":
+            let present = params.flatMap { $0.split(separator: " ") }.compactMap { hub.sessions(named: String($0)).first?.name }
+            numeric(context, "303", present.joined(separator: " "))
+        case "USERHOST":
+            let replies = params.flatMap { $0.split(separator: " ") }.prefix(5).compactMap { name -> String? in
+                guard let other = hub.sessions(named: String(name)).first else { return nil }
+                let speaker = other.speaker
+                return "\(speaker.name)=\(other.away == nil ? "+" : "-")\(speaker.user)@\(speaker.host)"
+            }
+            numeric(context, "302", replies.joined(separator: " "))
+        case "MOTD": motd(context)
+        case "LUSERS": lusers(context)
+        case "VERSION":
+            numeric(context, "351", config.version, config.serverName, "Parley chat server")
+            isupport(context)
+        case "TIME":
+            numeric(context, "391", config.serverName, Date().formatted(.iso8601))
+        case "AWAY":
+            if let text = params.first, !text.isEmpty {
+                session?.away = text
+                numeric(context, "306", "You have been marked as being away")
+            } else {
+                session?.away = nil
+                numeric(context, "305", "You are no longer marked as being away")
+            }
+        default:
+            numeric(context, "421", message.command, "Unknown command")
+        }
+    }
+
+    private func capability(_ params: [String], _ context: ChannelHandlerContext) {
+        let subcommand = params[0].uppercased()
+        switch subcommand {
+        case "LS":
+            if session == nil { capNegotiating = true }
+            send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "LS", IRCCapabilities.offered.joined(separator: " ")]))
+        case "LIST":
+            send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "LIST", capabilities.sorted().joined(separator: " ")]))
+        case "REQ":
+            if session == nil { capNegotiating = true }
+            let requested = (params.count > 1 ? params[1] : "").split(separator: " ").map(String.init)
+            let known = requested.allSatisfy { IRCCapabilities.offered.contains($0.hasPrefix("-") ? String($0.dropFirst()) : $0) }
+            guard known, !requested.isEmpty else {
+                send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "NAK", requested.joined(separator: " ")]))
+                return
+            }
+            for cap in requested {
+                if cap.hasPrefix("-") { capabilities.remove(String(cap.dropFirst())) } else { capabilities.insert(cap) }
+            }
+            applyCapabilities()
+            send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "ACK", requested.joined(separator: " ")]))
+        case "END":
+            capNegotiating = false
+            completeRegistration(context)
+        default:
+            numeric(context, "410", params[0], "Invalid CAP command")
+        }
+    }
+
+    private func applyCapabilities() {
+        sink?.receivesOwnMessages = capabilities.contains("echo-message")
+        sink?.format = formats.format(IRCRenderOptions(serverTime: capabilities.contains("server-time")))
+    }
+
+    private func changeNick(_ params: [String], _ context: ChannelHandlerContext) {
+        guard let wanted = params.first, !wanted.isEmpty else {
+            numeric(context, "431", "No nickname given")
+            return
+        }
+        if let error = NameRules.validateName(wanted) {
+            numeric(context, "432", wanted, "Erroneous nickname: \(error.message)")
+            return
+        }
+        guard let session else {
+            nick = wanted
+            completeRegistration(context)
+            return
+        }
+        if NameRules.key(wanted) == NameRules.key(session.name), wanted != session.name, session.account == nil {
+            // Only the case changes: no one else can hold this name.
+            runSlowCommand(context) { [hub] () throws(HubError) in
+                try await hub.changeGuestName(session, to: wanted)
+            }
+            return
+        }
+        if let account = session.account {
+            numeric(context, "432", wanted, "You are logged in as \(account); your nick is your account name")
+            return
+        }
+        runSlowCommand(context) { [hub] () throws(HubError) in
+            try await hub.changeGuestName(session, to: wanted)
+        } onError: { handler, context, error in
+            if case .nameTaken = error {
+                handler.numeric(context, "433", wanted, "Nickname is already in use")
+            } else {
+                handler.numeric(context, "432", wanted, "Erroneous nickname: \(error.message)")
+            }
+        }
+    }
+
+    /// Registration ends once NICK and USER are in and CAP negotiation (if any) has ended. A PASS of
+    /// the form `account:password` logs in first, and then the nick is the account's name.
+    private func completeRegistration(_ context: ChannelHandlerContext) {
+        guard session == nil, !awaitingCommand, let wantedNick = nick, let userName, !capNegotiating else { return }
+        let hub = self.hub
+        let address = self.address
+        let login = password.flatMap { pass -> (String, String)? in
+            guard let colon = pass.firstIndex(of: ":") else { return nil }
+            return (String(pass[..<colon]), String(pass[pass.index(after: colon)...]))
+        }
+        password = nil
+        runSlowCommand(context) { () throws(HubError) -> RegistrationOutcome in
+            if let (account, secret) = login {
+                return .loggedIn(try await hub.authenticate(name: account, password: secret, address: address))
+            }
+            return try await hub.accountExists(wantedNick) ? .reservedNick : .guest
+        } then: { handler, context, outcome in
+            handler.finishRegistration(context, outcome: outcome, wantedNick: wantedNick, userName: userName)
+        } onError: { handler, context, error in
+            if case .loginFailed = error {
+                handler.numeric(context, "464", "Password incorrect")
+                handler.close(context, reason: "Bad password")
+            } else {
+                handler.numeric(context, "FAIL", "Could not complete registration: \(error.message)")
+            }
+        }
+    }
+
+    enum RegistrationOutcome: Sendable {
+        case guest
+        case reservedNick
+        case loggedIn(String)
+    }
+
+    private func finishRegistration(_ context: ChannelHandlerContext, outcome: RegistrationOutcome, wantedNick: String, userName: String) {
+        let name: String
+        var account: String?
+        switch outcome {
+        case .reservedNick:
+            numeric(context, "433", wantedNick, "Nickname is reserved by an account; log in with PASS account:password, or choose another")
+            nick = nil
+            return
+        case .guest:
+            name = wantedNick
+        case .loggedIn(let accountName):
+            name = accountName
+            account = accountName
+        }
+        guard let sink else { return }
+        do {
+            session = try hub.connect(door: "irc", address: address, sink: sink, name: name, user: userName,
+                                      realName: realName, account: account, joinLobby: false)
+        } catch .nameTaken {
+            numeric(context, "433", name, "Nickname is already in use")
+            nick = nil
+            return
+        } catch {
+            close(context, reason: error.message)
+            return
+        }
+        registrationTimer?.cancel()
+        welcome(context)
+    }
+
+    // MARK: Replies for registration
+
+    private func welcome(_ context: ChannelHandlerContext) {
+        let nick = currentNick
+        numeric(context, "001", "Welcome to the \(config.network) IRC network, \(nick)")
+        numeric(context, "002", "Your host is \(config.serverName), running version \(config.version)")
+        numeric(context, "003", "This server was created \(config.createdAt.formatted(.iso8601))")
+        send(context, IRCMessage(source: config.serverName, "004", [nick, config.serverName, config.version, "i", "n", "o"]))
+        isupport(context)
+        lusers(context)
+        motd(context)
+    }
+
+    static func isupportTokens(_ config: IRCDoorConfig) -> [String] {
+        [
+            "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANMODES=,,,n", "CHANNELLEN=\(NameRules.roomLength.upperBound + 1)",
+            "CHANTYPES=#", "HOSTLEN=64", "MAXTARGETS=4", "MODES=1", "NETWORK=\(config.network)",
+            "NICKLEN=\(NameRules.nameLength.upperBound)", "PREFIX=(o)@", "TARGMAX=JOIN:,NAMES:,PART:,PRIVMSG:4,NOTICE:4,WHOIS:1",
+            "TOPICLEN=300", "USERLEN=20", "UTF8ONLY",
+        ]
+    }
+
+    private func isupport(_ context: ChannelHandlerContext) {
+        for tokens in IRCLimits.chunks(Self.isupportTokens(config), budget: 350, maxItems: 13) {
+            numeric(context, "005", tokens + ["are supported by this server"])
+        }
+    }
+
+    private func lusers(_ context: ChannelHandlerContext) {
+        let users = hub.counters.activeSessions.load(ordering: .relaxed)
+        numeric(context, "251", "There are \(users) users and 0 invisible on 1 servers")
+        numeric(context, "252", "0", "operator(s) online")
+        numeric(context, "253", "0", "unknown connection(s)")
+        numeric(context, "254", "\(hub.roomList().count)", "channels formed")
+        numeric(context, "255", "I have \(users) clients and 0 servers")
+    }
+
+    private func motd(_ context: ChannelHandlerContext) {
+        guard let lines = config.motd else {
+            numeric(context, "422", "MOTD File is missing")
+            return
+        }
+        numeric(context, "375", "- \(config.serverName) Message of the day - ")
+        for line in lines { numeric(context, "372", "- \(line)") }
+        numeric(context, "376", "End of /MOTD command.")
+    }
+
+    // MARK: Channels and messages
+
+    private func join(_ params: [String], _ context: ChannelHandlerContext) {
+        guard let session else { return }
+        if params[0] == "0" {
+            for room in hub.roomNames(for: session.roomKeys) { _ = try? hub.part(session, room: room) }
+            return
+        }
+        for channel in params[0].split(separator: ",").map(String.init) {
+            do {
+                let joined = try hub.join(session, room: channel)
+                guard !joined.alreadyMember else { continue }
+                // After the hub's JOIN line, which is already queued on this loop.
+                afterQueuedEvents(context) { handler, context in handler.names(joined.name, context) }
+            } catch {
+                numeric(context, "403", channel, "No such channel: \(error.message)")
+            }
+        }
+    }
+
+    private func part(_ params: [String], _ context: ChannelHandlerContext) {
+        guard let session else { return }
+        let reason = params.count > 1 ? params[1] : nil
+        for channel in params[0].split(separator: ",").map(String.init) {
+            do {
+                try hub.part(session, room: channel, reason: reason)
+            } catch .notInRoom {
+                if hub.roomName(channel) == nil {
+                    numeric(context, "403", channel, "No such channel")
+                } else {
+                    numeric(context, "442", channel, "You're not on that channel")
+                }
+            } catch {
+                numeric(context, "403", channel, "No such channel")
+            }
+        }
+    }
+
+    private func chat(_ command: String, _ params: [String], _ context: ChannelHandlerContext) {
+        guard let session else { return }
+        guard let targets = params.first, !targets.isEmpty else {
+            numeric(context, "411", "No recipient given (\(command))")
+            return
+        }
+        guard params.count > 1, !params[1].isEmpty else {
+            numeric(context, "412", "No text to send")
+            return
+        }
+        var text = params[1]
+        var kind: MessageKind = command == "NOTICE" ? .notice : .say
+        if kind == .say, text.hasPrefix("\u{1}ACTION ") {
+            kind = .action
+            text = String(text.dropFirst(8))
+            if text.hasSuffix("\u{1}") { text.removeLast() }
+        }
+        for target in targets.split(separator: ",").prefix(4).map(String.init) {
+            do {
+                if target.hasPrefix("#") {
+                    try hub.say(session, room: target, text: text, kind: kind)
+                } else {
+                    try hub.direct(session, to: target, text: text, kind: kind)
+                    if kind != .notice, let away = hub.sessions(named: target).first?.away {
+                        numeric(context, "301", target, away)
+                    }
+                }
+            } catch .noSuchUser {
+                numeric(context, "401", target, "No such nick/channel")
+            } catch .noSuchRoom, .badRoom {
+                numeric(context, "403", target, "No such channel")
+            } catch .emptyMessage {
+                numeric(context, "412", "No text to send")
+            } catch {
+                numeric(context, "404", target, "Cannot send to channel: \(error.message)")
+            }
+        }
+    }
+
+    private func names(_ channel: String, _ context: ChannelHandlerContext) {
+        guard let membership = hub.membership(of: channel), let room = hub.roomName(channel) else {
+            numeric(context, "366", channel, "End of /NAMES list")
+            return
+        }
+        let full = capabilities.contains("userhost-in-names")
+        let entries = membership.map { member, isOperator in
+            (isOperator ? "@" : "") + (full ? IRCFormat.mask(member.speaker) : member.name)
+        }
+        for chunk in IRCLimits.chunks(entries, budget: 400) {
+            numeric(context, "353", "=", room, chunk.joined(separator: " "))
+        }
+        numeric(context, "366", room, "End of /NAMES list")
+    }
+
+    private func who(_ mask: String?, _ context: ChannelHandlerContext) {
+        guard let mask else {
+            numeric(context, "315", "*", "End of WHO list")
+            return
+        }
+        let rows: [(Session, String, Bool)]
+        if mask.hasPrefix("#") {
+            let room = hub.roomName(mask) ?? mask
+            rows = (hub.membership(of: mask) ?? []).map { ($0.session, room, $0.isOperator) }
+        } else {
+            rows = hub.sessions(named: mask).prefix(1).map { ($0, "*", false) }
+        }
+        for (member, channel, isOperator) in rows {
+            let speaker = member.speaker
+            numeric(context, "352", channel, speaker.user, speaker.host, config.serverName, speaker.name,
+                    (member.away == nil ? "H" : "G") + (isOperator ? "@" : ""), "0 \(member.realName ?? speaker.name)")
+        }
+        numeric(context, "315", mask, "End of WHO list")
+    }
+
+    private func whois(_ target: String, _ context: ChannelHandlerContext) {
+        guard let other = hub.sessions(named: target).first else {
+            numeric(context, "401", target, "No such nick/channel")
+            numeric(context, "318", target, "End of /WHOIS list")
+            return
+        }
+        let speaker = other.speaker
+        numeric(context, "311", speaker.name, speaker.user, speaker.host, "*", other.realName ?? speaker.name)
+        let rooms = hub.roomNames(for: other.roomKeys)
+        if !rooms.isEmpty {
+            let shown = rooms.map { room in
+                (hub.membership(of: room)?.contains { $0.session === other && $0.isOperator } == true ? "@" : "") + room
+            }
+            numeric(context, "319", speaker.name, shown.joined(separator: " "))
+        }
+        numeric(context, "312", speaker.name, config.serverName, "Parley (\(other.door) door)")
+        if let away = other.away { numeric(context, "301", speaker.name, away) }
+        if let account = speaker.account { numeric(context, "330", speaker.name, account, "is logged in as") }
+        numeric(context, "318", speaker.name, "End of /WHOIS list")
+    }
+
+    private func mode(_ params: [String], _ context: ChannelHandlerContext) {
+        guard let session else { return }
+        let target = params[0]
+        if target.hasPrefix("#") {
+            guard let membership = hub.membership(of: target), let room = hub.roomName(target) else {
+                numeric(context, "403", target, "No such channel")
+                return
+            }
+            if params.count == 1 {
+                numeric(context, "324", room, "+n")
+                return
+            }
+            let isOperator = membership.contains { $0.session === session && $0.isOperator }
+            guard isOperator else {
+                numeric(context, "482", room, "You're not channel operator")
+                return
+            }
+            let unknown = params[1].first { $0 != "+" && $0 != "-" && $0 != "n" }
+            if let unknown { numeric(context, "472", String(unknown), "is unknown mode char to me") }
+            return
+        }
+        guard NameRules.key(target) == NameRules.key(session.name) else {
+            numeric(context, hub.sessions(named: target).isEmpty ? "401" : "502",
+                    target, hub.sessions(named: target).isEmpty ? "No such nick/channel" : "Can't change mode for other users")
+            return
+        }
+        if params.count == 1 {
+            numeric(context, "221", "+")
+        } else if params[1].contains(where: { $0 != "+" && $0 != "-" && $0 != "i" }) {
+            numeric(context, "501", "Unknown MODE flag")
+        }
+    }
+
+    private func topic(_ params: [String], _ context: ChannelHandlerContext) {
+        guard let session else { return }
+        guard let room = hub.roomName(params[0]) else {
+            numeric(context, "403", params[0], "No such channel")
+            return
+        }
+        guard session.roomKeys.contains(NameRules.key(room)) else {
+            numeric(context, "442", room, "You're not on that channel")
+            return
+        }
+        if params.count == 1 {
+            numeric(context, "331", room, "No topic is set")
+        } else {
+            numeric(context, "482", room, "Topics are not supported on this server yet")
+        }
+    }
+
+    private func list(_ context: ChannelHandlerContext) {
+        numeric(context, "321", "Channel", "Users  Name")
+        for room in hub.roomList() { numeric(context, "322", room.name, "\(room.memberCount)", "") }
+        numeric(context, "323", "End of /LIST")
+    }
+
+    // MARK: Plumbing
+
+    /// Runs `body` after the tasks already queued on this loop: replies that must follow the hub's
+    /// events for the same command (NAMES after JOIN) go through here.
+    private func afterQueuedEvents(_ context: ChannelHandlerContext, _ body: @escaping (IRCConnectionHandler, ChannelHandlerContext) -> Void) {
+        let bound = NIOLoopBound((self, context, body), eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let (handler, context, body) = bound.value
+            guard !handler.closing else { return }
+            body(handler, context)
+            handler.flushIfNeeded(context)
+        }
+    }
+
+    /// Runs a command that awaits (the store, the password hasher) off the loop, reading no further
+    /// line until it is answered.
+    private func runSlowCommand<T: Sendable>(
+        _ context: ChannelHandlerContext,
+        _ work: @escaping @Sendable () async throws(HubError) -> T,
+        then success: @escaping (IRCConnectionHandler, ChannelHandlerContext, T) -> Void = { _, _, _ in },
+        onError failure: @escaping (IRCConnectionHandler, ChannelHandlerContext, HubError) -> Void = { handler, context, error in
+            handler.numeric(context, "FAIL", error.message)
+        }
+    ) {
+        awaitingCommand = true
+        let bound = NIOLoopBound((self, context, success, failure), eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        Task {
+            let result: Result<T, HubError>
+            do throws(HubError) {
+                result = .success(try await work())
+            } catch {
+                result = .failure(error)
+            }
+            loop.execute {
+                let (handler, context, success, failure) = bound.value
+                handler.awaitingCommand = false
+                guard !handler.closing else { return }
+                switch result {
+                case .success(let value): success(handler, context, value)
+                case .failure(let error): failure(handler, context, error)
+                }
+                handler.flushIfNeeded(context)
+                handler.resume(context)
+            }
+        }
+    }
+
+    func numeric(_ context: ChannelHandlerContext, _ code: String, _ params: String...) {
+        numeric(context, code, params)
+    }
+
+    func numeric(_ context: ChannelHandlerContext, _ code: String, _ params: [String]) {
+        if code == "FAIL" {
+            send(context, IRCMessage(source: config.serverName, "NOTICE", [currentNick, params.joined(separator: " ")]))
+        } else {
+            send(context, IRCMessage(source: config.serverName, code, [currentNick] + params))
+        }
+    }
+
+    private func send(_ context: ChannelHandlerContext, _ message: IRCMessage) {
+        guard !closing else { return }
+        context.write(wrapOutboundOut(ByteBuffer(string: message.serialized() + "\r\n")), promise: nil)
+        wroteSinceFlush = true
+    }
+
+    private func flushIfNeeded(_ context: ChannelHandlerContext) {
+        guard wroteSinceFlush else { return }
+        wroteSinceFlush = false
+        context.flush()
+    }
+
+    private func close(_ context: ChannelHandlerContext, reason: String) {
+        flushIfNeeded(context)
+        sink?.disconnect(finalBytes: ByteBuffer(string: IRCMessage("ERROR", ["Closing Link: \(address) (\(reason))"]).serialized() + "\r\n"))
+    }
+
+    static func describe(_ address: SocketAddress?) -> String {
+        guard let address, let ip = address.ipAddress else { return "unknown" }
+        let port = address.port ?? 0
+        if case .v6 = address { return "[\(ip)]:\(port)" }
+        return "\(ip):\(port)"
+    }
+}

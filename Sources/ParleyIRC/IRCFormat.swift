@@ -1,0 +1,100 @@
+import Foundation
+import NIOCore
+import ParleyCore
+import Synchronization
+
+/// What changes how hub events look to one IRC client: its negotiated capabilities that affect
+/// rendering. Clients with the same options share one format, so an event is rendered once per option
+/// set, not once per client.
+public struct IRCRenderOptions: Hashable, Sendable {
+    public var serverTime = false
+    public init(serverTime: Bool = false) { self.serverTime = serverTime }
+}
+
+/// Renders hub events as IRC lines (CRLF-terminated).
+public final class IRCFormat: WireFormat {
+    public let serverName: String
+    public let options: IRCRenderOptions
+
+    init(serverName: String, options: IRCRenderOptions) {
+        self.serverName = serverName
+        self.options = options
+    }
+
+    public func render(_ event: HubEvent) -> ByteBuffer? {
+        guard let message = message(for: event) else { return nil }
+        return ByteBuffer(string: message.serialized() + "\r\n")
+    }
+
+    func message(for event: HubEvent) -> IRCMessage? {
+        var tags: [IRCMessage.Tag] = []
+        var time = Date()
+        let message: IRCMessage
+        switch event {
+        case .message(let room):
+            time = room.time
+            message = Self.chat(from: room.sender, to: room.room, text: room.text, kind: room.kind)
+        case .direct(let from, let to, let text, let kind, _):
+            message = Self.chat(from: from, to: to, text: text, kind: kind)
+        case .joined(let room, let who):
+            message = IRCMessage(source: Self.mask(who), "JOIN", [room])
+        case .parted(let room, let who, let reason):
+            message = IRCMessage(source: Self.mask(who), "PART", reason.map { [room, $0] } ?? [room])
+        case .renamed(let old, let new):
+            message = IRCMessage(source: Self.mask(old), "NICK", [new])
+        case .notice(let text):
+            message = IRCMessage(source: serverName, "NOTICE", ["*", "*** Notice from the operator: \(text)"])
+        case .goodbye(let reason):
+            message = IRCMessage("ERROR", ["Closing Link: " + Self.describe(reason)])
+        }
+        if options.serverTime, message.command != "ERROR" {
+            tags.append(.init("time", Self.timestamp(time)))
+        }
+        var tagged = message
+        tagged.tags = tags
+        return tagged
+    }
+
+    static func chat(from: Speaker, to target: String, text: String, kind: MessageKind) -> IRCMessage {
+        switch kind {
+        case .say: return IRCMessage(source: mask(from), "PRIVMSG", [target, text])
+        case .action: return IRCMessage(source: mask(from), "PRIVMSG", [target, "\u{1}ACTION \(text)\u{1}"])
+        case .notice: return IRCMessage(source: mask(from), "NOTICE", [target, text])
+        }
+    }
+
+    public static func mask(_ who: Speaker) -> String { "\(who.name)!\(who.user)@\(who.host)" }
+
+    static func describe(_ reason: GoodbyeReason) -> String {
+        switch reason {
+        case .quit: return "Quit"
+        case .kicked(let why): return "Killed by the server operator" + (why.map { ": \($0)" } ?? "")
+        case .shutdown: return "The server is shutting down"
+        case .sendqExceeded: return "SendQ exceeded"
+        }
+    }
+
+    /// IRCv3 server-time: ISO 8601 in UTC with milliseconds.
+    static func timestamp(_ date: Date) -> String {
+        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+    }
+}
+
+/// One format per option set, shared by every client with those options.
+public final class IRCFormats: Sendable {
+    public let serverName: String
+    private let cache = Mutex<[IRCRenderOptions: IRCFormat]>([:])
+
+    public init(serverName: String) {
+        self.serverName = serverName
+    }
+
+    public func format(_ options: IRCRenderOptions) -> IRCFormat {
+        cache.withLock { cache in
+            if let format = cache[options] { return format }
+            let format = IRCFormat(serverName: serverName, options: options)
+            cache[options] = format
+            return format
+        }
+    }
+}

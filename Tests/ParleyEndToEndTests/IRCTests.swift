@@ -1,0 +1,188 @@
+import Foundation
+import ParleyClient
+import ParleyIRC
+import ParleyServer
+import Testing
+
+@Suite(.timeLimit(.minutes(2))) struct IRCRegistrationTests {
+    @Test func registrationWithoutCapGivesTheWelcomeBurst() async throws {
+        try await withServer { server in
+            let irc = try await IRCTestClient.connect(server)
+            let burst = try await irc.register("dana")
+            #expect(burst.first == IRCMessage(source: "parley.test", "001", ["dana", "Welcome to the Parley IRC network, dana"]))
+            #expect(burst.map(\.command).filter { $0 != "005" } == ["001", "002", "003", "004", "251", "252", "253", "254", "255", "422"])
+            let isupport = burst.filter { $0.command == "005" }
+            #expect(isupport.allSatisfy { $0.params.count <= 13 + 2 && $0.params.last == "are supported by this server" })
+            let tokens = Set(isupport.flatMap { $0.params.dropFirst().dropLast() })
+            for token in ["CASEMAPPING=ascii", "CHANTYPES=#", "NICKLEN=20", "NETWORK=Parley", "UTF8ONLY", "PREFIX=(o)@"] {
+                #expect(tokens.contains(token))
+            }
+            #expect(tokens.contains { $0.hasPrefix("CHANMODES=") } && tokens.contains { $0.hasPrefix("CHANNELLEN=") } && tokens.contains { $0.hasPrefix("TOPICLEN=") })
+        }
+    }
+
+    @Test func registrationWaitsForCapEnd() async throws {
+        try await withServer { server in
+            let irc = try await IRCTestClient.connect(server)
+            try await irc.send("CAP LS 302")
+            let ls = try await irc.expect("CAP")
+            #expect(ls.params[1] == "LS" && ls.params[2].split(separator: " ").contains("echo-message"))
+            try await irc.send("NICK erin")
+            try await irc.send("USER erin 0 * :Erin")
+            try await irc.send("CAP REQ :echo-message server-time")
+            // The ACK comes, and no 001 before it: registration waits for CAP END.
+            let ack = try await irc.next()
+            #expect(ack.command == "CAP" && ack.params == ["erin", "ACK", "echo-message server-time"])
+            try await irc.send("CAP REQ :no-such-cap")
+            #expect(try await irc.next().params == ["erin", "NAK", "no-such-cap"])
+            try await irc.send("CAP END")
+            #expect(try await irc.next().command == "001")
+            try await irc.send("CAP LIST")
+            #expect(try await irc.expect("CAP").params == ["erin", "LIST", "echo-message server-time"])
+        }
+    }
+
+    @Test func commandErrorsHaveTheirNumerics() async throws {
+        try await withServer { server in
+            let irc = try await IRCTestClient.connect(server)
+            try await irc.send("PRIVMSG #lobby :too early")
+            #expect(try await irc.next() == IRCMessage(source: "parley.test", "451", ["*", "You have not registered"]))
+            try await irc.send("NICK 9bad")
+            #expect(try await irc.next().command == "432")
+            try await irc.register("fay")
+            try await irc.send("FROB")
+            #expect(try await irc.next() == IRCMessage(source: "parley.test", "421", ["fay", "FROB", "Unknown command"]))
+            try await irc.send("JOIN")
+            #expect(try await irc.next() == IRCMessage(source: "parley.test", "461", ["fay", "JOIN", "Not enough parameters"]))
+            try await irc.send("PRIVMSG nobody :hi")
+            #expect(try await irc.next().command == "401")
+            try await irc.send("PRIVMSG #nowhere :hi")
+            #expect(try await irc.next().command == "403")
+            try await irc.send("PRIVMSG #lobby")
+            #expect(try await irc.next().command == "412")
+            try await irc.send("PART #lobby")
+            #expect(try await irc.next().command == "403")
+            try await irc.send("PRIVMSG #lobby :" + String(repeating: "x", count: 600))
+            #expect(try await irc.next() == IRCMessage(source: "parley.test", "417", ["fay", "Input line was too long"]))
+            try await irc.send("PING :still-here")
+            #expect(try await irc.next() == IRCMessage(source: "parley.test", "PONG", ["parley.test", "still-here"]))
+            let other = try await IRCTestClient.connect(server)
+            try await other.send("NICK FAY")
+            try await other.send("USER x 0 * :x")
+            #expect(try await other.next().command == "433")
+        }
+    }
+
+    @Test func passLogsInAndReservedNicksNeedTheirAccount() async throws {
+        try await withServer { server in
+            _ = try await server.user("gwen")
+            let guest = try await IRCTestClient.connect(server)
+            try await guest.send("NICK gwen")
+            try await guest.send("USER g 0 * :G")
+            #expect(try await guest.next().command == "433")
+            let owner = try await IRCTestClient.connect(server)
+            let burst = try await owner.register("whatever", pass: "gwen:password1")
+            #expect(burst.first?.params.first == "gwen")
+            try await owner.send("WHOIS gwen")
+            #expect(try await owner.expect("330").params == ["gwen", "gwen", "gwen", "is logged in as"])
+            let wrong = try await IRCTestClient.connect(server)
+            try await wrong.send("PASS gwen:nope-nope")
+            try await wrong.send("NICK g2")
+            try await wrong.send("USER g 0 * :G")
+            #expect(try await wrong.next().command == "464")
+            #expect(try await wrong.next().command == "ERROR")
+        }
+    }
+}
+
+@Suite(.timeLimit(.minutes(2))) struct IRCChatTests {
+    @Test func joinNamesPrivmsgAndPartWithAnotherIRCUser() async throws {
+        try await withServer { server in
+            let hal = try await IRCTestClient.connect(server)
+            try await hal.register("hal")
+            let ivy = try await IRCTestClient.connect(server)
+            try await ivy.register("ivy")
+            try await hal.send("JOIN #den")
+            #expect(try await hal.next().serialized() == ":hal!hal@127.0.0.1 JOIN #den")
+            #expect(try await hal.next().params == ["hal", "=", "#den", "@hal"])
+            #expect(try await hal.next().command == "366")
+            try await ivy.send("JOIN #den")
+            #expect(try await ivy.expect("353").params == ["ivy", "=", "#den", "@hal ivy"])
+            #expect(try await ivy.next().command == "366")
+            #expect(try await hal.next().serialized() == ":ivy!ivy@127.0.0.1 JOIN #den")
+            try await ivy.send("PRIVMSG #den :hello hal")
+            #expect(try await hal.next().serialized() == ":ivy!ivy@127.0.0.1 PRIVMSG #den :hello hal")
+            try await ivy.send("PRIVMSG hal :\u{1}ACTION waves\u{1}")
+            #expect(try await hal.next().serialized() == ":ivy!ivy@127.0.0.1 PRIVMSG hal :\u{1}ACTION waves\u{1}")
+            try await ivy.send("NOTICE #den :fyi")
+            #expect(try await hal.next().serialized() == ":ivy!ivy@127.0.0.1 NOTICE #den fyi")
+            // Without echo-message, ivy got none of her own messages: her next line is the PART.
+            try await ivy.send("PART #den :bye now")
+            #expect(try await ivy.next().serialized() == ":ivy!ivy@127.0.0.1 PART #den :bye now")
+            #expect(try await hal.next().serialized() == ":ivy!ivy@127.0.0.1 PART #den :bye now")
+            try await hal.send("WHO #den")
+            #expect(try await hal.next().params == ["hal", "#den", "hal", "127.0.0.1", "parley.test", "hal", "H@", "0 The real hal"])
+            #expect(try await hal.next().command == "315")
+            try await hal.send("ISON ivy nobody hal")
+            #expect(try await hal.next().params == ["hal", "ivy hal"])
+        }
+    }
+
+    @Test func echoMessageAndServerTime() async throws {
+        try await withServer { server in
+            let jo = try await IRCTestClient.connect(server)
+            try await jo.send("CAP REQ :echo-message server-time")
+            try await jo.send("NICK jo")
+            try await jo.send("USER jo 0 * :Jo")
+            try await jo.send("CAP END")
+            _ = try await jo.readWelcome()
+            try await jo.send("JOIN #lobby")
+            let join = try await jo.expect("JOIN")
+            #expect(join.tag("time")?.value?.hasSuffix("Z") == true)
+            try await jo.send("PRIVMSG #lobby :echo me")
+            let echo = try await jo.expect("PRIVMSG")
+            #expect(echo.source == "jo!jo@127.0.0.1" && echo.params == ["#lobby", "echo me"])
+            let time = try #require(echo.tag("time")?.value)
+            #expect(time.wholeMatch(of: /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z/) != nil)
+        }
+    }
+
+    @Test func ircAndLineUsersTalkInTheLobby() async throws {
+        try await withServer { server in
+            let kim = try await server.user("kim")
+            let leo = try await IRCTestClient.connect(server)
+            try await leo.register("leo")
+            try await leo.send("JOIN #lobby")
+            let names = try await leo.expect("353")
+            #expect(names.params.last?.split(separator: " ").contains { $0 == "kim" || $0 == "@kim" } == true)
+            #expect(try await kim.expect(prefix: "JOIN #lobby leo") == "JOIN #lobby leo")
+            try await kim.send("hello irc")
+            #expect(try await leo.expect("PRIVMSG").serialized() == ":kim!kim@127.0.0.1 PRIVMSG #lobby :hello irc")
+            try await leo.send("PRIVMSG #lobby :hello line")
+            #expect(try await kim.expect(prefix: "MSG ") == "MSG #lobby kim: hello irc")
+            #expect(try await kim.expect(prefix: "MSG ") == "MSG #lobby leo: hello line")
+            try await kim.send("/msg leo psst")
+            #expect(try await leo.expect("PRIVMSG").serialized() == ":kim!kim@127.0.0.1 PRIVMSG leo psst")
+            try await leo.send("PRIVMSG kim :back at you")
+            #expect(try await kim.expect(prefix: "DM ") == "DM to leo: psst")
+            #expect(try await kim.expect(prefix: "DM ") == "DM from leo: back at you")
+            #expect(try await kim.listing("/list").contains("USER leo #lobby"))
+            guard case .output(let list) = Console(hub: server.server.hub).execute("list") else { return }
+            #expect(list.contains { $0.contains("\tleo (guest)\tirc\t127.0.0.1:") })
+            try await leo.send("QUIT :gotta go")
+            #expect(try await leo.expect("ERROR").params.first?.contains("Quit: gotta go") == true)
+            #expect(try await kim.expect(prefix: "PART ") == "PART #lobby leo Quit: gotta go")
+        }
+    }
+
+    @Test func shutdownTellsRegisteredAndRegisteringClients() async throws {
+        let running = try await RunningServer.start()
+        let registered = try await IRCTestClient.connect(running)
+        try await registered.register("max")
+        let registering = try await IRCTestClient.connect(running)
+        try await registering.send("NICK half")
+        await running.stop()
+        #expect(try await registered.expect("ERROR").params == ["Closing Link: The server is shutting down"])
+        #expect(try await registering.expect("ERROR").params.first?.contains("shutting down") == true)
+    }
+}
