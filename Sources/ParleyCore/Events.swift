@@ -56,6 +56,12 @@ public enum HubEvent: Sendable, Equatable {
     case joined(room: String, who: Speaker)
     case parted(room: String, who: Speaker, reason: String?)
     case renamed(old: Speaker, new: String)
+    case topicChanged(room: String, by: Speaker, text: String)
+    case modesChanged(room: String, by: Speaker, changes: [ModeChange])
+    /// `target` was removed from the room by `by`.
+    case kicked(room: String, by: Speaker, target: String, reason: String?)
+    /// Sent to the invited user only.
+    case invited(room: String, by: Speaker, target: String)
     case notice(String)
     case goodbye(GoodbyeReason)
 }

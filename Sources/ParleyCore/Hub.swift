@@ -41,8 +41,8 @@ final class Room: Sendable {
     let name: String
     struct State {
         var members: [Session] = []
-        /// Session ids of the room's operators: whoever joins an empty room becomes one.
-        var operators: Set<Int> = []
+        /// Modes, topic, operators (whoever joins an empty room becomes one), voices, bans.
+        var settings = RoomSettings()
         var sequence: UInt64 = 0
         /// Set when the room is removed from the hub; a late joiner then recreates it.
         var closed = false
@@ -170,7 +170,7 @@ public final class Hub: Sendable {
     /// Joins a room, creating it when needed. Returns the room's display name and whether the
     /// session was already a member (then nothing is announced).
     @discardableResult
-    public func join(_ session: Session, room roomName: String) throws(HubError) -> (name: String, alreadyMember: Bool) {
+    public func join(_ session: Session, room roomName: String, key joinKey: String? = nil) throws(HubError) -> (name: String, alreadyMember: Bool) {
         if let error = NameRules.validateRoom(roomName) { throw error }
         let key = NameRules.key(roomName)
         while true {
@@ -180,10 +180,19 @@ public final class Hub: Sendable {
                 rooms[key] = room
                 return room
             }
-            let outcome: (joined: Bool, retry: Bool) = room.state.withLock { state in
+            let outcome: (joined: Bool, retry: Bool) = try room.state.withLock { (state) throws(HubError) in
                 if state.closed { return (false, true) }
                 if state.members.contains(where: { $0 === session }) { return (false, false) }
-                if state.members.isEmpty { state.operators.insert(session.id) }
+                let speaker = session.speaker
+                let nameKey = NameRules.key(speaker.name)
+                let invited = state.settings.invited.contains(nameKey)
+                // The order of the usual servers: ban, invite-only, key, limit. An invitation passes all four.
+                if state.settings.isBanned(speaker) && !invited { throw .banned(room.name) }
+                if state.settings.inviteOnly && !invited { throw .inviteOnly(room.name) }
+                if let required = state.settings.key, required != joinKey, !invited { throw .badKey(room.name) }
+                if let limit = state.settings.limit, state.members.count >= limit, !invited { throw .roomFull(room.name) }
+                state.settings.invited.remove(nameKey)
+                if state.members.isEmpty { state.settings.operators.insert(session.id) }
                 state.members.append(session)
                 session.state.withLock { $0.rooms.append(key) }
                 deliver(.joined(room: room.name, who: session.speaker), to: state.members)
@@ -213,7 +222,8 @@ public final class Hub: Sendable {
             guard let index = state.members.firstIndex(where: { $0 === session }) else { return false }
             if notify { deliver(.parted(room: room.name, who: who, reason: reason), to: state.members) }
             state.members.remove(at: index)
-            state.operators.remove(session.id)
+            state.settings.operators.remove(session.id)
+            state.settings.voiced.remove(session.id)
             session.state.withLock { $0.rooms.removeAll { $0 == key } }
             return state.members.isEmpty
         }
@@ -246,7 +256,148 @@ public final class Hub: Sendable {
     /// Members of a room with whether each is an operator, in join order; nil when there is no such room.
     public func membership(of roomName: String) -> [(session: Session, isOperator: Bool)]? {
         guard let room = rooms.withLock({ $0[NameRules.key(roomName)] }) else { return nil }
-        return room.state.withLock { state in state.members.map { ($0, state.operators.contains($0.id)) } }
+        return room.state.withLock { state in state.members.map { ($0, state.settings.operators.contains($0.id)) } }
+    }
+
+    /// Members with their operator and voice flags, plus the room's settings; nil when there is no such room.
+    public func details(of roomName: String) -> (name: String, members: [(session: Session, isOperator: Bool, isVoiced: Bool)], settings: RoomSettings)? {
+        guard let room = rooms.withLock({ $0[NameRules.key(roomName)] }) else { return nil }
+        return room.state.withLock { state in
+            (room.name, state.members.map { ($0, state.settings.operators.contains($0.id), state.settings.voiced.contains($0.id)) }, state.settings)
+        }
+    }
+
+    // MARK: Channel administration
+
+    private func room(_ name: String) throws(HubError) -> Room {
+        guard let room = rooms.withLock({ $0[NameRules.key(name)] }) else {
+            if let error = NameRules.validateRoom(name) { throw error }
+            throw .noSuchRoom(name)
+        }
+        return room
+    }
+
+    /// Sets the topic: members may when the topic is not locked (+t), operators always.
+    public func setTopic(_ session: Session, room roomName: String, text: String) throws(HubError) {
+        let room = try room(roomName)
+        let speaker = session.speaker
+        try room.state.withLock { (state) throws(HubError) in
+            guard state.members.contains(where: { $0 === session }) else { throw .notInRoom(room.name) }
+            if state.settings.topicLocked && !state.settings.operators.contains(session.id) { throw .needsOperator(room.name) }
+            let text = String(text.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F }.prefix(300).map(Character.init))
+            state.settings.topic = text.isEmpty ? nil : RoomTopic(text: text, setBy: speaker.name, setAt: Date())
+            deliver(.topicChanged(room: room.name, by: speaker, text: text), to: state.members)
+        }
+    }
+
+    /// Applies mode changes as an operator. Returns the changes that took effect and the errors of
+    /// those that did not (an op or voice for someone not in the room).
+    @discardableResult
+    public func changeModes(_ session: Session, room roomName: String, _ changes: [ModeChange]) throws(HubError) -> (applied: [ModeChange], errors: [HubError]) {
+        let room = try room(roomName)
+        let speaker = session.speaker
+        return try room.state.withLock { (state) throws(HubError) in
+            guard state.settings.operators.contains(session.id) else { throw .needsOperator(room.name) }
+            var applied: [ModeChange] = []
+            var errors: [HubError] = []
+            for change in changes {
+                var effective = change
+                switch change.mode {
+                case .topicLock: state.settings.topicLocked = change.adding
+                case .noExternal: state.settings.noExternal = change.adding
+                case .moderated: state.settings.moderated = change.adding
+                case .inviteOnly:
+                    state.settings.inviteOnly = change.adding
+                    if !change.adding { state.settings.invited = [] }
+                case .key:
+                    if change.adding {
+                        guard let key = change.argument, !key.isEmpty, !key.contains(" ") else { continue }
+                        state.settings.key = key
+                    } else {
+                        guard state.settings.key != nil else { continue }
+                        effective.argument = "*"
+                        state.settings.key = nil
+                    }
+                case .limit:
+                    if change.adding {
+                        guard let limit = change.argument.flatMap({ Int($0) }), limit > 0 else { continue }
+                        state.settings.limit = limit
+                        effective.argument = String(limit)
+                    } else {
+                        guard state.settings.limit != nil else { continue }
+                        state.settings.limit = nil
+                        effective.argument = nil
+                    }
+                case .ban:
+                    guard let mask = change.argument, !mask.isEmpty else { continue }
+                    if change.adding {
+                        guard !state.settings.bans.contains(where: { NameRules.key($0) == NameRules.key(mask) }) else { continue }
+                        state.settings.bans.append(mask)
+                    } else {
+                        let before = state.settings.bans.count
+                        state.settings.bans.removeAll { NameRules.key($0) == NameRules.key(mask) }
+                        guard state.settings.bans.count != before else { continue }
+                    }
+                case .op, .voice:
+                    guard let name = change.argument else { continue }
+                    guard let member = state.members.first(where: { NameRules.key($0.name) == NameRules.key(name) }) else {
+                        errors.append(.userNotInRoom(name: name, room: room.name))
+                        continue
+                    }
+                    effective.argument = member.name
+                    if change.mode == .op {
+                        if change.adding { state.settings.operators.insert(member.id) } else { state.settings.operators.remove(member.id) }
+                    } else {
+                        if change.adding { state.settings.voiced.insert(member.id) } else { state.settings.voiced.remove(member.id) }
+                    }
+                }
+                applied.append(effective)
+            }
+            if !applied.isEmpty {
+                deliver(.modesChanged(room: room.name, by: speaker, changes: applied), to: state.members)
+            }
+            return (applied, errors)
+        }
+    }
+
+    /// An operator removes someone from a room (every connection of that name in it).
+    public func kick(_ session: Session, room roomName: String, target: String, reason: String?) throws(HubError) {
+        let room = try room(roomName)
+        let speaker = session.speaker
+        let removed: [Session] = try room.state.withLock { (state) throws(HubError) in
+            guard state.members.contains(where: { $0 === session }) else { throw .notInRoom(room.name) }
+            guard state.settings.operators.contains(session.id) else { throw .needsOperator(room.name) }
+            let targets = state.members.filter { NameRules.key($0.name) == NameRules.key(target) }
+            guard let first = targets.first else { throw .userNotInRoom(name: target, room: room.name) }
+            deliver(.kicked(room: room.name, by: speaker, target: first.name, reason: reason), to: state.members)
+            state.members.removeAll { member in targets.contains { $0 === member } }
+            for member in targets {
+                state.settings.operators.remove(member.id)
+                state.settings.voiced.remove(member.id)
+            }
+            return targets
+        }
+        let key = NameRules.key(room.name)
+        for member in removed { member.state.withLock { $0.rooms.removeAll { $0 == key } } }
+    }
+
+    /// Invites a user to a room; the invitation lets them past +i, +k, +l and bans once.
+    @discardableResult
+    public func invite(_ session: Session, target: String, room roomName: String) throws(HubError) -> (target: String, room: String) {
+        let targets = sessions(named: target)
+        guard let first = targets.first else { throw .noSuchUser(target) }
+        let room = try room(roomName)
+        let speaker = session.speaker
+        try room.state.withLock { (state) throws(HubError) in
+            guard state.members.contains(where: { $0 === session }) else { throw .notInRoom(room.name) }
+            if state.members.contains(where: { NameRules.key($0.name) == NameRules.key(target) }) {
+                throw .alreadyInRoom(name: first.name, room: room.name)
+            }
+            if state.settings.inviteOnly && !state.settings.operators.contains(session.id) { throw .needsOperator(room.name) }
+            state.settings.invited.insert(NameRules.key(first.name))
+        }
+        deliver(.invited(room: room.name, by: speaker, target: first.name), to: targets)
+        return (first.name, room.name)
     }
 
     public func roomNames(for keys: [String]) -> [String] {
@@ -262,9 +413,16 @@ public final class Hub: Sendable {
         guard let text = NameRules.cleanText(text) else { throw .emptyMessage }
         let key = NameRules.key(roomName)
         guard let room = rooms.withLock({ $0[key] }) else { throw .noSuchRoom(roomName) }
-        guard session.roomKeys.contains(key) else { throw .notInRoom(room.name) }
+        let isMember = session.roomKeys.contains(key)
         let sender = session.speaker
-        room.state.withLock { state in
+        try room.state.withLock { (state) throws(HubError) in
+            if !isMember && state.settings.noExternal { throw .notInRoom(room.name) }
+            if state.settings.moderated && !state.settings.operators.contains(session.id) && !state.settings.voiced.contains(session.id) {
+                throw .moderated(room.name)
+            }
+            if state.settings.isBanned(sender) && !state.settings.operators.contains(session.id) && !state.settings.voiced.contains(session.id) {
+                throw .banned(room.name)
+            }
             state.sequence += 1
             let message = RoomMessage(room: room.name, sender: sender, text: text, kind: kind,
                                       sequence: state.sequence, time: Date())

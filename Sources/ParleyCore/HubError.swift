@@ -16,6 +16,14 @@ public enum HubError: Error, Equatable, Sendable {
     case noCurrentRoom
     case shuttingDown
     case storeFailed(String)
+    case needsOperator(String)
+    case banned(String)
+    case inviteOnly(String)
+    case badKey(String)
+    case roomFull(String)
+    case moderated(String)
+    case userNotInRoom(name: String, room: String)
+    case alreadyInRoom(name: String, room: String)
 
     public var message: String {
         switch self {
@@ -32,6 +40,14 @@ public enum HubError: Error, Equatable, Sendable {
         case .noCurrentRoom: return "You are not in a room. Type /join #room to join one."
         case .shuttingDown: return "The server is shutting down."
         case .storeFailed(let what): return "The server could not \(what) (database error); try again later."
+        case .needsOperator(let room): return "You are not an operator of \(room)."
+        case .banned(let room): return "You are banned from \(room)."
+        case .inviteOnly(let room): return "\(room) is invite-only; ask a member to invite you."
+        case .badKey(let room): return "\(room) needs the right key to join."
+        case .roomFull(let room): return "\(room) is full."
+        case .moderated(let room): return "\(room) is moderated: only operators and voiced users may speak."
+        case .userNotInRoom(let name, let room): return "\(name) is not in \(room)."
+        case .alreadyInRoom(let name, let room): return "\(name) is already in \(room)."
         }
     }
 }

@@ -201,6 +201,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         "NAMES": (0, false), "WHO": (0, false), "WHOIS": (1, false), "MODE": (1, false), "TOPIC": (1, false),
         "LIST": (0, false), "ISON": (1, false), "USERHOST": (1, false), "MOTD": (0, false),
         "LUSERS": (0, false), "VERSION": (0, false), "TIME": (0, false), "AWAY": (0, false),
+        "KICK": (2, false), "INVITE": (2, false),
     ]
 
     private func dispatch(_ message: IRCMessage, _ context: ChannelHandlerContext) {
@@ -251,6 +252,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         case "WHOIS": whois(params.last ?? "", context)
         case "MODE": mode(params, context)
         case "TOPIC": topic(params, context)
+        case "KICK": kick(params, context)
+        case "INVITE": invite(params, context)
         case "LIST": list(context)
         case "ISON":
             let present = params.flatMap { $0.split(separator: " ") }.compactMap { hub.sessions(named: String($0)).first?.name }
@@ -423,7 +426,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         numeric(context, "001", "Welcome to the \(config.network) IRC network, \(nick)")
         numeric(context, "002", "Your host is \(config.serverName), running version \(config.version)")
         numeric(context, "003", "This server was created \(config.createdAt.formatted(.iso8601))")
-        send(context, IRCMessage(source: config.serverName, "004", [nick, config.serverName, config.version, "i", "n", "o"]))
+        send(context, IRCMessage(source: config.serverName, "004", [nick, config.serverName, config.version, "i", "biklmnotv", "bklov"]))
         isupport(context)
         lusers(context)
         motd(context)
@@ -431,9 +434,9 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
 
     static func isupportTokens(_ config: IRCDoorConfig) -> [String] {
         [
-            "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANMODES=,,,n", "CHANNELLEN=\(NameRules.roomLength.upperBound + 1)",
-            "CHANTYPES=#", "HOSTLEN=64", "MAXTARGETS=4", "MODES=1", "NETWORK=\(config.network)",
-            "NICKLEN=\(NameRules.nameLength.upperBound)", "PREFIX=(o)@", "TARGMAX=JOIN:,NAMES:,PART:,PRIVMSG:4,NOTICE:4,WHOIS:1",
+            "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANMODES=b,k,l,imnt", "CHANNELLEN=\(NameRules.roomLength.upperBound + 1)",
+            "CHANTYPES=#", "HOSTLEN=64", "MAXTARGETS=4", "MODES=4", "NETWORK=\(config.network)",
+            "NICKLEN=\(NameRules.nameLength.upperBound)", "PREFIX=(ov)@+", "TARGMAX=JOIN:,NAMES:,PART:,PRIVMSG:4,NOTICE:4,WHOIS:1",
             "TOPICLEN=300", "USERLEN=20", "UTF8ONLY",
         ]
     }
@@ -471,12 +474,24 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             for room in hub.roomNames(for: session.roomKeys) { _ = try? hub.part(session, room: room) }
             return
         }
-        for channel in params[0].split(separator: ",").map(String.init) {
+        let keys = params.count > 1 ? params[1].split(separator: ",", omittingEmptySubsequences: false).map(String.init) : []
+        for (index, channel) in params[0].split(separator: ",").map(String.init).enumerated() {
             do {
-                let joined = try hub.join(session, room: channel)
+                let joined = try hub.join(session, room: channel, key: index < keys.count ? keys[index] : nil)
                 guard !joined.alreadyMember else { continue }
                 // After the hub's JOIN line, which is already queued on this loop.
-                afterQueuedEvents(context) { handler, context in handler.names(joined.name, context) }
+                afterQueuedEvents(context) { handler, context in
+                    handler.topicReply(joined.name, context, quietWhenUnset: true)
+                    handler.names(joined.name, context)
+                }
+            } catch .roomFull {
+                numeric(context, "471", channel, "Cannot join channel (+l)")
+            } catch .inviteOnly {
+                numeric(context, "473", channel, "Cannot join channel (+i)")
+            } catch .banned {
+                numeric(context, "474", channel, "Cannot join channel (+b)")
+            } catch .badKey {
+                numeric(context, "475", channel, "Cannot join channel (+k)")
             } catch {
                 numeric(context, "403", channel, "No such channel: \(error.message)")
             }
@@ -534,6 +549,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
                 numeric(context, "403", target, "No such channel")
             } catch .emptyMessage {
                 numeric(context, "412", "No text to send")
+            } catch .moderated, .banned, .notInRoom {
+                numeric(context, "404", target, "Cannot send to channel")
             } catch {
                 numeric(context, "404", target, "Cannot send to channel: \(error.message)")
             }
@@ -541,18 +558,25 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     }
 
     private func names(_ channel: String, _ context: ChannelHandlerContext) {
-        guard let membership = hub.membership(of: channel), let room = hub.roomName(channel) else {
+        guard let details = hub.details(of: channel) else {
             numeric(context, "366", channel, "End of /NAMES list")
             return
         }
         let full = capabilities.contains("userhost-in-names")
-        let entries = membership.map { member, isOperator in
-            (isOperator ? "@" : "") + (full ? IRCFormat.mask(member.speaker) : member.name)
+        let entries = details.members.map { member in
+            prefix(isOperator: member.isOperator, isVoiced: member.isVoiced)
+                + (full ? IRCFormat.mask(member.session.speaker) : member.session.name)
         }
         for chunk in IRCLimits.chunks(entries, budget: 400) {
-            numeric(context, "353", "=", room, chunk.joined(separator: " "))
+            numeric(context, "353", "=", details.name, chunk.joined(separator: " "))
         }
-        numeric(context, "366", room, "End of /NAMES list")
+        numeric(context, "366", details.name, "End of /NAMES list")
+    }
+
+    /// The membership prefix: the highest one, or all of them with multi-prefix.
+    private func prefix(isOperator: Bool, isVoiced: Bool) -> String {
+        let all = (isOperator ? "@" : "") + (isVoiced ? "+" : "")
+        return capabilities.contains("multi-prefix") ? all : String(all.prefix(1))
     }
 
     private func who(_ mask: String?, _ context: ChannelHandlerContext) {
@@ -560,17 +584,17 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             numeric(context, "315", "*", "End of WHO list")
             return
         }
-        let rows: [(Session, String, Bool)]
+        let rows: [(Session, String, String)]
         if mask.hasPrefix("#") {
-            let room = hub.roomName(mask) ?? mask
-            rows = (hub.membership(of: mask) ?? []).map { ($0.session, room, $0.isOperator) }
+            let details = hub.details(of: mask)
+            rows = (details?.members ?? []).map { ($0.session, details?.name ?? mask, prefix(isOperator: $0.isOperator, isVoiced: $0.isVoiced)) }
         } else {
-            rows = hub.sessions(named: mask).prefix(1).map { ($0, "*", false) }
+            rows = hub.sessions(named: mask).prefix(1).map { ($0, "*", "") }
         }
-        for (member, channel, isOperator) in rows {
+        for (member, channel, prefix) in rows {
             let speaker = member.speaker
             numeric(context, "352", channel, speaker.user, speaker.host, config.serverName, speaker.name,
-                    (member.away == nil ? "H" : "G") + (isOperator ? "@" : ""), "0 \(member.realName ?? speaker.name)")
+                    (member.away == nil ? "H" : "G") + prefix, "0 \(member.realName ?? speaker.name)")
         }
         numeric(context, "315", mask, "End of WHO list")
     }
@@ -600,21 +624,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         guard let session else { return }
         let target = params[0]
         if target.hasPrefix("#") {
-            guard let membership = hub.membership(of: target), let room = hub.roomName(target) else {
-                numeric(context, "403", target, "No such channel")
-                return
-            }
-            if params.count == 1 {
-                numeric(context, "324", room, "+n")
-                return
-            }
-            let isOperator = membership.contains { $0.session === session && $0.isOperator }
-            guard isOperator else {
-                numeric(context, "482", room, "You're not channel operator")
-                return
-            }
-            let unknown = params[1].first { $0 != "+" && $0 != "-" && $0 != "n" }
-            if let unknown { numeric(context, "472", String(unknown), "is unknown mode char to me") }
+            channelMode(session, params, context)
             return
         }
         guard NameRules.key(target) == NameRules.key(session.name) else {
@@ -635,14 +645,140 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             numeric(context, "403", params[0], "No such channel")
             return
         }
-        guard session.roomKeys.contains(NameRules.key(room)) else {
-            numeric(context, "442", room, "You're not on that channel")
+        guard params.count > 1 else {
+            topicReply(room, context, quietWhenUnset: false)
             return
         }
-        if params.count == 1 {
-            numeric(context, "331", room, "No topic is set")
-        } else {
-            numeric(context, "482", room, "Topics are not supported on this server yet")
+        do {
+            try hub.setTopic(session, room: room, text: params[1])
+        } catch .notInRoom {
+            numeric(context, "442", room, "You're not on that channel")
+        } catch .needsOperator {
+            numeric(context, "482", room, "You're not channel operator")
+        } catch {
+            numeric(context, "403", room, error.message)
+        }
+    }
+
+    /// 332 and 333 for a set topic; 331 when there is none (or nothing, on JOIN).
+    private func topicReply(_ room: String, _ context: ChannelHandlerContext, quietWhenUnset: Bool) {
+        guard let details = hub.details(of: room) else { return }
+        guard let topic = details.settings.topic else {
+            if !quietWhenUnset { numeric(context, "331", details.name, "No topic is set") }
+            return
+        }
+        numeric(context, "332", details.name, topic.text)
+        numeric(context, "333", details.name, topic.setBy, String(Int(topic.setAt.timeIntervalSince1970)))
+    }
+
+    private func channelMode(_ session: Session, _ params: [String], _ context: ChannelHandlerContext) {
+        guard let details = hub.details(of: params[0]) else {
+            numeric(context, "403", params[0], "No such channel")
+            return
+        }
+        let room = details.name
+        guard params.count > 1 else {
+            let (modes, arguments) = details.settings.modeSummary
+            let isMember = details.members.contains { $0.session === session }
+            numeric(context, "324", [room, modes] + (isMember ? arguments : []))
+            return
+        }
+        let parsed = Self.parseModes(params[1], arguments: Array(params.dropFirst(2)))
+        for unknown in parsed.unknown { numeric(context, "472", String(unknown), "is unknown mode char to me") }
+        var changes = parsed.changes
+        // +b with no mask lists the bans instead.
+        if changes.contains(where: { $0.mode == .ban && $0.argument == nil }) {
+            for mask in details.settings.bans { numeric(context, "367", room, mask) }
+            numeric(context, "368", room, "End of channel ban list")
+            changes.removeAll { $0.mode == .ban && $0.argument == nil }
+        }
+        guard !changes.isEmpty else { return }
+        do {
+            let result = try hub.changeModes(session, room: room, changes)
+            for error in result.errors {
+                if case .userNotInRoom(let name, _) = error {
+                    numeric(context, hub.sessions(named: name).isEmpty ? "401" : "441", name, room,
+                            hub.sessions(named: name).isEmpty ? "No such nick/channel" : "They aren't on that channel")
+                }
+            }
+        } catch .needsOperator {
+            numeric(context, "482", room, "You're not channel operator")
+        } catch {
+            numeric(context, "403", room, error.message)
+        }
+    }
+
+    /// Parses `+o-v+k nick nick key`: which modes take an argument follows CHANMODES=b,k,l,imnt and
+    /// PREFIX=(ov)@+. At most four changes with arguments, as MODES=4 says.
+    static func parseModes(_ text: String, arguments: [String]) -> (changes: [ModeChange], unknown: [Character]) {
+        var adding = true
+        var remaining = arguments[...]
+        var changes: [ModeChange] = []
+        var unknown: [Character] = []
+        for character in text {
+            switch character {
+            case "+": adding = true
+            case "-": adding = false
+            default:
+                guard let mode = ModeChange.Mode(rawValue: character) else {
+                    unknown.append(character)
+                    continue
+                }
+                let takesArgument: Bool
+                switch mode {
+                case .ban, .op, .voice, .key: takesArgument = true
+                case .limit: takesArgument = adding
+                default: takesArgument = false
+                }
+                var argument: String?
+                if takesArgument, changes.filter({ $0.argument != nil }).count < 4 {
+                    argument = remaining.popFirst()
+                }
+                // o, v and k (when added) are meaningless without their argument; b without one lists.
+                if argument == nil && (mode == .op || mode == .voice || (mode == .key && adding) || (mode == .limit && adding)) { continue }
+                changes.append(ModeChange(adding, mode, argument))
+            }
+        }
+        return (changes, unknown)
+    }
+
+    private func kick(_ params: [String], _ context: ChannelHandlerContext) {
+        guard let session else { return }
+        let reason = params.count > 2 ? params[2] : nil
+        for target in params[1].split(separator: ",").map(String.init) {
+            do {
+                try hub.kick(session, room: params[0], target: target, reason: reason)
+            } catch .noSuchRoom, .badRoom {
+                numeric(context, "403", params[0], "No such channel")
+            } catch .notInRoom {
+                numeric(context, "442", params[0], "You're not on that channel")
+            } catch .needsOperator {
+                numeric(context, "482", params[0], "You're not channel operator")
+            } catch .userNotInRoom {
+                numeric(context, "441", target, params[0], "They aren't on that channel")
+            } catch {
+                numeric(context, "403", params[0], error.message)
+            }
+        }
+    }
+
+    private func invite(_ params: [String], _ context: ChannelHandlerContext) {
+        guard let session else { return }
+        do {
+            let (target, room) = try hub.invite(session, target: params[0], room: params[1])
+            numeric(context, "341", target, room)
+        } catch .noSuchUser {
+            numeric(context, "401", params[0], "No such nick/channel")
+        } catch .noSuchRoom, .badRoom {
+            numeric(context, "403", params[1], "No such channel")
+        } catch .notInRoom {
+            numeric(context, "442", params[1], "You're not on that channel")
+        } catch .alreadyInRoom(let name, let room) {
+            numeric(context, "443", name, room, "is already on channel")
+        } catch .needsOperator {
+            numeric(context, "482", params[1], "You're not channel operator")
+        } catch {
+            numeric(context, "403", params[1], error.message)
         }
     }
 

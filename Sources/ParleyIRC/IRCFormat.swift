@@ -42,6 +42,15 @@ public final class IRCFormat: WireFormat {
             message = IRCMessage(source: Self.mask(who), "PART", reason.map { [room, $0] } ?? [room])
         case .renamed(let old, let new):
             message = IRCMessage(source: Self.mask(old), "NICK", [new])
+        case .topicChanged(let room, let by, let text):
+            message = IRCMessage(source: Self.mask(by), "TOPIC", [room, text])
+        case .modesChanged(let room, let by, let changes):
+            let (modes, arguments) = ModeChange.describe(changes)
+            message = IRCMessage(source: Self.mask(by), "MODE", [room, modes] + arguments)
+        case .kicked(let room, let by, let target, let reason):
+            message = IRCMessage(source: Self.mask(by), "KICK", [room, target, reason ?? by.name])
+        case .invited(let room, let by, let target):
+            message = IRCMessage(source: Self.mask(by), "INVITE", [target, room])
         case .notice(let text):
             message = IRCMessage(source: serverName, "NOTICE", ["*", "*** Notice from the operator: \(text)"])
         case .goodbye(let reason):

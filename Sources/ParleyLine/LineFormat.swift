@@ -25,6 +25,15 @@ public final class LineFormat: WireFormat {
             return "PART \(room) \(who.name)" + (reason.map { " \($0)" } ?? "")
         case .renamed(let old, let new):
             return "NICK \(old.name) \(new)"
+        case .topicChanged(let room, let by, let text):
+            return "TOPIC \(room) \(by.name): \(text)"
+        case .modesChanged(let room, let by, let changes):
+            let (modes, arguments) = ModeChange.describe(changes)
+            return (["MODE", room, by.name, modes] + arguments).joined(separator: " ")
+        case .kicked(let room, let by, let target, let reason):
+            return "KICK \(room) \(by.name) \(target)" + (reason.map { " \($0)" } ?? "")
+        case .invited(let room, let by, _):
+            return "INVITE \(room) \(by.name)"
         case .notice(let text):
             return "NOTICE server: \(text)"
         case .goodbye(let reason):
@@ -85,6 +94,14 @@ public enum LineReply {
         case .emptyMessage: return "empty-message"
         case .shuttingDown: return "shutting-down"
         case .storeFailed: return "server-error"
+        case .needsOperator: return "not-operator"
+        case .banned: return "banned"
+        case .inviteOnly: return "invite-only"
+        case .badKey: return "bad-key"
+        case .roomFull: return "room-full"
+        case .moderated: return "moderated"
+        case .userNotInRoom: return "user-not-in-room"
+        case .alreadyInRoom: return "already-in-room"
         }
     }
 }

@@ -14,10 +14,10 @@ import Testing
             let isupport = burst.filter { $0.command == "005" }
             #expect(isupport.allSatisfy { $0.params.count <= 13 + 2 && $0.params.last == "are supported by this server" })
             let tokens = Set(isupport.flatMap { $0.params.dropFirst().dropLast() })
-            for token in ["CASEMAPPING=ascii", "CHANTYPES=#", "NICKLEN=20", "NETWORK=Parley", "UTF8ONLY", "PREFIX=(o)@"] {
+            for token in ["CASEMAPPING=ascii", "CHANTYPES=#", "NICKLEN=20", "NETWORK=Parley", "UTF8ONLY", "PREFIX=(ov)@+", "CHANMODES=b,k,l,imnt"] {
                 #expect(tokens.contains(token))
             }
-            #expect(tokens.contains { $0.hasPrefix("CHANMODES=") } && tokens.contains { $0.hasPrefix("CHANNELLEN=") } && tokens.contains { $0.hasPrefix("TOPICLEN=") })
+            #expect(tokens.contains { $0.hasPrefix("CHANNELLEN=") } && tokens.contains { $0.hasPrefix("TOPICLEN=") })
         }
     }
 
@@ -184,5 +184,86 @@ import Testing
         await running.stop()
         #expect(try await registered.expect("ERROR").params == ["Closing Link: The server is shutting down"])
         #expect(try await registering.expect("ERROR").params.first?.contains("shutting down") == true)
+    }
+}
+
+@Suite(.timeLimit(.minutes(2))) struct IRCChannelAdminTests {
+    /// Two registered IRC clients: `op` created #ops (so is its operator), `member` joined it after.
+    func opAndMember(_ server: RunningServer) async throws -> (IRCTestClient, IRCTestClient) {
+        let op = try await IRCTestClient.connect(server)
+        try await op.register("opal")
+        let member = try await IRCTestClient.connect(server)
+        try await member.register("mel")
+        try await op.send("JOIN #ops")
+        _ = try await op.expect("366")
+        try await member.send("JOIN #ops")
+        _ = try await member.expect("366")
+        _ = try await op.expect("JOIN")
+        return (op, member)
+    }
+
+    @Test func topicsAreLockedToOperatorsByDefault() async throws {
+        try await withServer { server in
+            let (op, member) = try await opAndMember(server)
+            try await member.send("TOPIC #ops")
+            #expect(try await member.next().params == ["mel", "#ops", "No topic is set"])
+            try await member.send("TOPIC #ops :mine now")
+            #expect(try await member.next().params == ["mel", "#ops", "You're not channel operator"])
+            try await op.send("TOPIC #ops :release friday")
+            #expect(try await member.next().serialized() == ":opal!opal@127.0.0.1 TOPIC #ops :release friday")
+            try await member.send("TOPIC #ops")
+            #expect(try await member.next().params == ["mel", "#ops", "release friday"])
+            #expect(try await member.next().params.prefix(3) == ["mel", "#ops", "opal"])
+            let line = try await server.user("lou")
+            _ = try await line.command("/join #ops")
+            #expect(try await line.expect(prefix: "JOIN #ops lou") == "JOIN #ops lou")
+        }
+    }
+
+    @Test func modesKeyLimitInviteOnlyModeratedAndBans() async throws {
+        try await withServer { server in
+            let (op, member) = try await opAndMember(server)
+            try await member.send("MODE #ops +m")
+            #expect(try await member.next().command == "482")
+            try await op.send("MODE #ops +mk-t secret")
+            #expect(try await member.next().serialized() == ":opal!opal@127.0.0.1 MODE #ops +mk-t secret")
+            try await member.send("PRIVMSG #ops :can I talk?")
+            #expect(try await member.next().params == ["mel", "#ops", "Cannot send to channel"])
+            try await op.send("MODE #ops +v mel")
+            #expect(try await member.next().serialized() == ":opal!opal@127.0.0.1 MODE #ops +v mel")
+            try await member.send("PRIVMSG #ops :now I can")
+            #expect(try await op.expect("PRIVMSG").params == ["#ops", "now I can"])
+            try await op.send("MODE #ops")
+            #expect(try await op.expect("324").params == ["opal", "#ops", "+mnk", "secret"])
+            try await op.send("NAMES #ops")
+            #expect(try await op.expect("353").params.last == "@opal +mel")
+
+            let outsider = try await IRCTestClient.connect(server)
+            try await outsider.register("otto")
+            try await outsider.send("JOIN #ops")
+            #expect(try await outsider.next().command == "475")
+            try await outsider.send("JOIN #ops secret")
+            _ = try await outsider.expect("366")
+            try await op.send("KICK #ops otto :out you go")
+            #expect(try await outsider.expect("KICK").serialized() == ":opal!opal@127.0.0.1 KICK #ops otto :out you go")
+            try await op.send("MODE #ops +b otto!*@*")
+            _ = try await op.expect("MODE")
+            try await outsider.send("JOIN #ops secret")
+            #expect(try await outsider.next().command == "474")
+            try await op.send("MODE #ops -b+il otto!*@* 2")
+            #expect(try await op.expect("MODE").params == ["#ops", "-b+il", "otto!*@*", "2"])
+            try await outsider.send("JOIN #ops secret")
+            #expect(try await outsider.next().command == "473")
+            try await op.send("INVITE otto #ops")
+            #expect(try await op.expect("341").params == ["opal", "otto", "#ops"])
+            #expect(try await outsider.next().serialized() == ":opal!opal@127.0.0.1 INVITE otto #ops")
+            // The invitation lets otto past +i, the limit of 2 and the key, once.
+            try await outsider.send("JOIN #ops")
+            #expect(try await outsider.next().serialized() == ":otto!otto@127.0.0.1 JOIN #ops")
+            try await op.send("KICK #ops nobody")
+            #expect(try await op.expect("441").params == ["opal", "nobody", "#ops", "They aren't on that channel"])
+            try await member.send("KICK #ops opal")
+            #expect(try await member.expect("482").command == "482")
+        }
     }
 }

@@ -1,0 +1,109 @@
+import Foundation
+
+/// One channel-mode change, as IRC's MODE names them; the line door shows the same letters.
+public struct ModeChange: Equatable, Sendable {
+    public enum Mode: Character, Sendable, CaseIterable {
+        case topicLock = "t", noExternal = "n", moderated = "m", inviteOnly = "i"
+        case key = "k", limit = "l", ban = "b", op = "o", voice = "v"
+    }
+    public var adding: Bool
+    public var mode: Mode
+    public var argument: String?
+
+    public init(_ adding: Bool, _ mode: Mode, _ argument: String? = nil) {
+        self.adding = adding
+        self.mode = mode
+        self.argument = argument
+    }
+
+    /// `+o-v+k` with its arguments, as one IRC MODE line shows a list of changes.
+    public static func describe(_ changes: [ModeChange]) -> (modes: String, arguments: [String]) {
+        var modes = ""
+        var sign: Bool?
+        var arguments: [String] = []
+        for change in changes {
+            if sign != change.adding {
+                modes.append(change.adding ? "+" : "-")
+                sign = change.adding
+            }
+            modes.append(change.mode.rawValue)
+            if let argument = change.argument { arguments.append(argument) }
+        }
+        return (modes, arguments)
+    }
+}
+
+public struct RoomTopic: Equatable, Sendable {
+    public let text: String
+    public let setBy: String
+    public let setAt: Date
+}
+
+/// A room's modes, topic and privileges. A plain value inside the room's lock; the rules of who may
+/// do what live in the hub.
+public struct RoomSettings: Equatable, Sendable {
+    public var topic: RoomTopic?
+    public var topicLocked = true
+    public var noExternal = true
+    public var moderated = false
+    public var inviteOnly = false
+    public var key: String?
+    public var limit: Int?
+    public var bans: [String] = []
+    /// Session ids.
+    public var operators: Set<Int> = []
+    public var voiced: Set<Int> = []
+    /// Name keys of users invited since the room became invite-only.
+    public var invited: Set<String> = []
+
+    /// `+ntk` style summary with the arguments a member may see (IRC 324).
+    public var modeSummary: (modes: String, arguments: [String]) {
+        var modes = "+"
+        var arguments: [String] = []
+        if inviteOnly { modes.append("i") }
+        if moderated { modes.append("m") }
+        if noExternal { modes.append("n") }
+        if topicLocked { modes.append("t") }
+        if let key {
+            modes.append("k")
+            arguments.append(key)
+        }
+        if let limit {
+            modes.append("l")
+            arguments.append(String(limit))
+        }
+        return (modes, arguments)
+    }
+
+    /// Whether `mask` (IRC `nick!user@host` with `*` and `?`) matches a user, case-insensitively.
+    public static func matches(mask: String, _ who: Speaker) -> Bool {
+        glob(Array(NameRules.key(mask).unicodeScalars), Array(NameRules.key("\(who.name)!\(who.user)@\(who.host)").unicodeScalars))
+    }
+
+    public func isBanned(_ who: Speaker) -> Bool {
+        bans.contains { Self.matches(mask: $0, who) }
+    }
+
+    static func glob(_ pattern: [Unicode.Scalar], _ text: [Unicode.Scalar]) -> Bool {
+        // Iterative matcher with backtracking to the last '*': linear in practice, never recursive.
+        var p = 0, t = 0, star = -1, mark = 0
+        while t < text.count {
+            if p < pattern.count && (pattern[p] == "?" || pattern[p] == text[t]) {
+                p += 1
+                t += 1
+            } else if p < pattern.count && pattern[p] == "*" {
+                star = p
+                mark = t
+                p += 1
+            } else if star >= 0 {
+                p = star + 1
+                mark += 1
+                t = mark
+            } else {
+                return false
+            }
+        }
+        while p < pattern.count && pattern[p] == "*" { p += 1 }
+        return p == pattern.count
+    }
+}
