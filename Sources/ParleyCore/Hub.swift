@@ -471,12 +471,19 @@ public final class Hub: Sendable {
 
     public func register(_ session: Session, name: String, password: String) async throws(HubError) {
         if let account = session.account { throw .alreadyLoggedIn(account) }
+        try await createAccount(name: name, password: password, by: session.id)
+        try rename(session, to: name, account: name)
+    }
+
+    /// Creates an account. `by`: the session registering it, which may already use the name; any
+    /// other session using it (or registering it right now) makes the name taken.
+    public func createAccount(name: String, password: String, by sessionID: Int? = nil) async throws(HubError) {
         if let error = NameRules.validateName(name) { throw error }
         if let error = NameRules.validatePassword(password) { throw error }
         let key = NameRules.key(name)
         try registry.withLock { (registry) throws(HubError) in
             let holders = registry.byName[key] ?? []
-            if registry.pendingNames.contains(key) || holders.contains(where: { $0 != session.id }) {
+            if registry.pendingNames.contains(key) || holders.contains(where: { $0 != sessionID }) {
                 throw .nameTaken(name)
             }
             registry.pendingNames.insert(key)
@@ -490,7 +497,6 @@ public final class Hub: Sendable {
             throw .storeFailed("create the account")
         }
         guard created else { throw .nameTaken(name) }
-        try rename(session, to: name, account: name)
     }
 
     public func login(_ session: Session, name: String, password: String) async throws(HubError) {
@@ -532,6 +538,12 @@ public final class Hub: Sendable {
         }
     }
 
+    /// Gives a guest a fresh guest name (an IRC guest that kept a registered nick past its grace period).
+    public func renameToGuest(_ session: Session) {
+        guard session.account == nil else { return }
+        try? rename(session, to: newGuestName(), account: nil)
+    }
+
     public func logout(_ session: Session) throws(HubError) {
         guard session.isLoggedIn else { throw .notLoggedIn }
         try rename(session, to: newGuestName(), account: nil)
@@ -552,6 +564,7 @@ public final class Hub: Sendable {
         // Under the registry lock, so the name index and the session never disagree, and a session
         // that disconnected meanwhile does not leave its new name behind.
         let newKey = NameRules.key(newName)
+        var displaced: [Session] = []
         let renamed: (old: Speaker, rooms: [String])? = try registry.withLock { (registry) throws(HubError) in
             guard registry.sessions[session.id] != nil else { return nil }
             if onlyIfFree && (registry.pendingNames.contains(newKey)
@@ -564,9 +577,15 @@ public final class Hub: Sendable {
                 state.account = account
             }
             removeName(NameRules.key(old.name), id: session.id, in: &registry)
+            // Logging in to an account takes its name back from guests using it (an IRC guest may
+            // hold a registered nick for a grace period).
+            if account != nil {
+                displaced = (registry.byName[newKey] ?? []).compactMap { registry.sessions[$0] }.filter { $0 !== session && $0.account == nil }
+            }
             registry.byName[newKey, default: []].append(session.id)
             return (old, roomKeys)
         }
+        for guest in displaced { try? rename(guest, to: newGuestName(), account: nil) }
         guard let (old, roomKeys) = renamed else { return }
         guard old.name != newName else { return }
         var seen: Set<Int> = [session.id]
@@ -596,7 +615,7 @@ public final class Hub: Sendable {
         return hash
     }
 
-    static func host(of address: String) -> String {
+    public static func host(of address: String) -> String {
         // "[::1]:5000" or "127.0.0.1:5000" -> the part before the port.
         guard let colon = address.lastIndex(of: ":") else { return address }
         return String(address[..<colon])

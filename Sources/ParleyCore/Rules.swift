@@ -5,6 +5,8 @@ public enum NameRules {
     public static let roomLength = 1...32
     public static let passwordBytes = 8...72
     public static let guestPrefix = "guest"
+    /// Names of the server's own services.
+    public static let reservedNames: Set<String> = ["nickserv", "chanserv", "server", "services", "operserv"]
 
     /// Lowercased ASCII: names and rooms compare case-insensitively (CASEMAPPING=ascii).
     public static func key(_ name: String) -> String {
@@ -25,6 +27,9 @@ public enum NameRules {
         }
         if !forGuest && key(name).hasPrefix(guestPrefix) {
             return .badName("Names starting with \"guest\" are kept for guests; choose another name.")
+        }
+        if reservedNames.contains(key(name)) {
+            return .badName("\(name) is the name of a service; choose another name.")
         }
         return nil
     }

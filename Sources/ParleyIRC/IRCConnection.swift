@@ -17,13 +17,24 @@ public struct IRCDoorConfig: Sendable {
     public var floodRate = 100.0
     public var closeGrace = TimeAmount.seconds(2)
     public var createdAt = Date()
+    /// How long a guest may keep a registered nick before it is renamed (unless it logs in).
+    public var nickGracePeriod = TimeAmount.seconds(30)
 
     public init() {}
 }
 
 /// The capabilities this server offers (IRCv3 CAP). Only what is implemented is listed.
 enum IRCCapabilities {
-    static let offered: [String] = ["cap-notify", "echo-message", "multi-prefix", "server-time", "userhost-in-names"]
+    /// Name and, for CAP LS 302, value.
+    static let offered: [(name: String, value: String?)] = [
+        ("cap-notify", nil), ("draft/account-registration", "before-connect"), ("echo-message", nil),
+        ("multi-prefix", nil), ("sasl", "PLAIN"), ("server-time", nil), ("userhost-in-names", nil),
+    ]
+    static let names = Set(offered.map(\.name))
+
+    static func list(withValues: Bool) -> String {
+        offered.map { cap in withValues ? cap.value.map { "\(cap.name)=\($0)" } ?? cap.name : cap.name }.joined(separator: " ")
+    }
 }
 
 /// One IRC connection: framing, registration (CAP, PASS, NICK, USER), commands, keep-alive. Its state
@@ -49,6 +60,11 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     private var capNegotiating = false
     private var capabilities: Set<String> = []
     private var registrationTimer: Scheduled<Void>?
+    /// The account a client logged in to (SASL, REGISTER) before its registration completed.
+    private var preAccount: String?
+    /// SASL PLAIN in progress: the base64 received so far (clients send it in 400-byte pieces).
+    private var saslBuffer: String?
+    private var graceTimer: Scheduled<Void>?
 
     // Flow control and keep-alive.
     private var awaitingCommand = false
@@ -95,6 +111,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
 
     public func channelInactive(context: ChannelHandlerContext) {
         registrationTimer?.cancel()
+        graceTimer?.cancel()
         keepAlive?.cancel()
         if let session { hub.disconnect(session) }
         context.fireChannelInactive()
@@ -201,7 +218,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         "NAMES": (0, false), "WHO": (0, false), "WHOIS": (1, false), "MODE": (1, false), "TOPIC": (1, false),
         "LIST": (0, false), "ISON": (1, false), "USERHOST": (1, false), "MOTD": (0, false),
         "LUSERS": (0, false), "VERSION": (0, false), "TIME": (0, false), "AWAY": (0, false),
-        "KICK": (2, false), "INVITE": (2, false),
+        "KICK": (2, false), "INVITE": (2, false), "AUTHENTICATE": (1, true), "REGISTER": (3, true),
     ]
 
     private func dispatch(_ message: IRCMessage, _ context: ChannelHandlerContext) {
@@ -252,6 +269,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         case "WHOIS": whois(params.last ?? "", context)
         case "MODE": mode(params, context)
         case "TOPIC": topic(params, context)
+        case "AUTHENTICATE": authenticate(params[0], context)
+        case "REGISTER": registerAccount(params, context)
         case "KICK": kick(params, context)
         case "INVITE": invite(params, context)
         case "LIST": list(context)
@@ -290,13 +309,14 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         switch subcommand {
         case "LS":
             if session == nil { capNegotiating = true }
-            send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "LS", IRCCapabilities.offered.joined(separator: " ")]))
+            let withValues = (params.count > 1 ? Int(params[1]) ?? 0 : 0) >= 302
+            send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "LS", IRCCapabilities.list(withValues: withValues)]))
         case "LIST":
             send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "LIST", capabilities.sorted().joined(separator: " ")]))
         case "REQ":
             if session == nil { capNegotiating = true }
             let requested = (params.count > 1 ? params[1] : "").split(separator: " ").map(String.init)
-            let known = requested.allSatisfy { IRCCapabilities.offered.contains($0.hasPrefix("-") ? String($0.dropFirst()) : $0) }
+            let known = requested.allSatisfy { IRCCapabilities.names.contains($0.hasPrefix("-") ? String($0.dropFirst()) : $0) }
             guard known, !requested.isEmpty else {
                 send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "NAK", requested.joined(separator: " ")]))
                 return
@@ -366,7 +386,9 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             return (String(pass[..<colon]), String(pass[pass.index(after: colon)...]))
         }
         password = nil
+        let preAccount = self.preAccount
         runSlowCommand(context) { () throws(HubError) -> RegistrationOutcome in
+            if let preAccount { return .loggedIn(preAccount) }
             if let (account, secret) = login {
                 return .loggedIn(try await hub.authenticate(name: account, password: secret, address: address))
             }
@@ -393,11 +415,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         let name: String
         var account: String?
         switch outcome {
-        case .reservedNick:
-            numeric(context, "433", wantedNick, "Nickname is reserved by an account; log in with PASS account:password, or choose another")
-            nick = nil
-            return
-        case .guest:
+        case .reservedNick, .guest:
             name = wantedNick
         case .loggedIn(let accountName):
             name = accountName
@@ -417,6 +435,196 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         }
         registrationTimer?.cancel()
         welcome(context)
+        if case .reservedNick = outcome { startGracePeriod(context) }
+    }
+
+    /// A guest using a registered nick: told to identify, and renamed when the grace period ends.
+    private func startGracePeriod(_ context: ChannelHandlerContext) {
+        guard let session else { return }
+        let seconds = config.nickGracePeriod.nanoseconds / 1_000_000_000
+        serviceNotice(context, "This nickname is registered. Identify with /msg NickServ IDENTIFY password within \(seconds) seconds, or you will be renamed.")
+        let nick = NameRules.key(session.name)
+        let hub = self.hub
+        graceTimer = context.eventLoop.scheduleTask(in: config.nickGracePeriod) {
+            guard session.account == nil, NameRules.key(session.name) == nick else { return }
+            hub.renameToGuest(session)
+        }
+    }
+
+    // MARK: Accounts: SASL, REGISTER, NickServ
+
+    private var isLoggedIn: Bool { (session?.account ?? preAccount) != nil }
+
+    private func authenticate(_ argument: String, _ context: ChannelHandlerContext) {
+        if isLoggedIn {
+            numeric(context, "907", "You have already authenticated using SASL")
+            return
+        }
+        if argument == "*" {
+            saslBuffer = nil
+            numeric(context, "906", "SASL authentication aborted")
+            return
+        }
+        guard var buffer = saslBuffer else {
+            guard argument.uppercased() == "PLAIN" else {
+                numeric(context, "908", "PLAIN", "are available SASL mechanisms")
+                numeric(context, "904", "SASL authentication failed")
+                return
+            }
+            saslBuffer = ""
+            send(context, IRCMessage("AUTHENTICATE", ["+"]))
+            return
+        }
+        if argument != "+" { buffer += argument }
+        guard argument.utf8.count < 400 else {
+            // A full 400-byte piece: more follows.
+            saslBuffer = buffer
+            return
+        }
+        saslBuffer = nil
+        let fields = Data(base64Encoded: buffer).map { data in data.split(separator: 0, omittingEmptySubsequences: false) } ?? []
+        guard fields.count == 3, let account = String(data: Data(fields[1]), encoding: .utf8),
+              let secret = String(data: Data(fields[2]), encoding: .utf8) else {
+            numeric(context, "904", "SASL authentication failed")
+            return
+        }
+        logIn(context, account: account, password: secret) { handler, context, name in
+            handler.numeric(context, "903", "SASL authentication successful")
+        } failure: { handler, context in
+            handler.numeric(context, "904", "SASL authentication failed")
+        }
+    }
+
+    /// Logs in before or after registration; after it, the session takes the account's name.
+    private func logIn(_ context: ChannelHandlerContext, account: String, password: String,
+                       success: @escaping (IRCConnectionHandler, ChannelHandlerContext, String) -> Void,
+                       failure: @escaping (IRCConnectionHandler, ChannelHandlerContext) -> Void) {
+        let hub = self.hub
+        let address = self.address
+        let session = self.session
+        runSlowCommand(context) { () throws(HubError) -> String in
+            if let session {
+                try await hub.login(session, name: account, password: password)
+                return session.account ?? account
+            }
+            return try await hub.authenticate(name: account, password: password, address: address)
+        } then: { handler, context, name in
+            if handler.session == nil { handler.preAccount = name }
+            handler.loggedInNumeric(context, account: name)
+            success(handler, context, name)
+        } onError: { handler, context, _ in
+            failure(handler, context)
+        }
+    }
+
+    private func loggedInNumeric(_ context: ChannelHandlerContext, account: String) {
+        let nick = session?.name ?? nick ?? account
+        let mask = "\(nick)!\(userName ?? nick)@\(Hub.host(of: address))"
+        numeric(context, "900", mask, account, "You are now logged in as \(account)")
+    }
+
+    /// IRCv3 draft/account-registration: `REGISTER <account|*> <email|*> <password>`.
+    private func registerAccount(_ params: [String], _ context: ChannelHandlerContext) {
+        let requested = params[0] == "*" ? (session?.name ?? nick) : params[0]
+        guard let name = requested else {
+            send(context, IRCMessage(source: config.serverName, "FAIL", ["REGISTER", "NEED_NICK", "*", "Send NICK before REGISTER"]))
+            return
+        }
+        if isLoggedIn {
+            send(context, IRCMessage(source: config.serverName, "FAIL", ["REGISTER", "ALREADY_AUTHENTICATED", name, "You are already logged in"]))
+            return
+        }
+        let hub = self.hub
+        let session = self.session
+        let password = params[2]
+        runSlowCommand(context) { () throws(HubError) -> String in
+            if let session {
+                try await hub.register(session, name: name, password: password)
+            } else {
+                try await hub.createAccount(name: name, password: password)
+            }
+            return name
+        } then: { handler, context, name in
+            if handler.session == nil { handler.preAccount = name }
+            handler.send(context, IRCMessage(source: handler.config.serverName, "REGISTER", ["SUCCESS", name, "Account created"]))
+            handler.loggedInNumeric(context, account: name)
+        } onError: { handler, context, error in
+            let code: String
+            switch error {
+            case .nameTaken: code = "ACCOUNT_EXISTS"
+            case .badName: code = "BAD_ACCOUNT_NAME"
+            case .badPassword: code = "WEAK_PASSWORD"
+            case .alreadyLoggedIn: code = "ALREADY_AUTHENTICATED"
+            default: code = "TEMPORARILY_UNAVAILABLE"
+            }
+            handler.send(context, IRCMessage(source: handler.config.serverName, "FAIL", ["REGISTER", code, name, error.message]))
+        }
+    }
+
+    private func serviceNotice(_ context: ChannelHandlerContext, _ text: String) {
+        send(context, IRCMessage(source: "NickServ!NickServ@services.\(config.serverName)", "NOTICE", [currentNick, text]))
+    }
+
+    /// NickServ, for clients without SASL: REGISTER, IDENTIFY, LOGOUT, INFO, HELP.
+    private func nickServ(_ text: String, _ context: ChannelHandlerContext) {
+        guard let session else { return }
+        let words = text.split(separator: " ").map(String.init)
+        let command = words.first?.uppercased() ?? "HELP"
+        let hub = self.hub
+        switch command {
+        case "REGISTER":
+            guard words.count >= 2 else { serviceNotice(context, "Syntax: REGISTER <password> [email]"); return }
+            let password = words[1]
+            runSlowCommand(context) { () throws(HubError) in
+                try await hub.register(session, name: session.name, password: password)
+            } then: { handler, context, _ in
+                handler.graceTimer?.cancel()
+                handler.serviceNotice(context, "Account \(session.name) registered; you are now logged in.")
+                handler.loggedInNumeric(context, account: session.name)
+            } onError: { handler, context, error in
+                handler.serviceNotice(context, "Could not register \(session.name): \(error.message)")
+            }
+        case "IDENTIFY":
+            guard words.count >= 2 else { serviceNotice(context, "Syntax: IDENTIFY [account] <password>"); return }
+            let account = words.count >= 3 ? words[1] : session.name
+            logIn(context, account: account, password: words.last ?? "") { handler, context, name in
+                handler.graceTimer?.cancel()
+                handler.serviceNotice(context, "You are now identified as \(name).")
+            } failure: { handler, context in
+                handler.serviceNotice(context, "Invalid account or password for \(account).")
+            }
+        case "LOGOUT":
+            do {
+                try hub.logout(session)
+                // After the NICK line the logout queued.
+                afterQueuedEvents(context) { handler, context in
+                    handler.numeric(context, "901", IRCFormat.mask(session.speaker), "You are now logged out")
+                    handler.serviceNotice(context, "You are now logged out and called \(session.name).")
+                }
+            } catch {
+                serviceNotice(context, "You are not logged in.")
+            }
+        case "INFO":
+            let name = words.count >= 2 ? words[1] : session.name
+            runSlowCommand(context) { () throws(HubError) -> Bool in
+                try await hub.accountExists(name)
+            } then: { handler, context, exists in
+                let online = hub.sessions(named: name).contains { $0.account != nil }
+                handler.serviceNotice(context, exists
+                    ? "\(name) is a registered account\(online ? ", logged in now" : "")."
+                    : "\(name) is not registered.")
+            }
+        case "HELP":
+            for line in [
+                "NickServ lets you use your Parley account from IRC clients without SASL:",
+                "REGISTER <password> [email]   register your current nick as an account",
+                "IDENTIFY [account] <password> log in",
+                "LOGOUT                        log out",
+                "INFO [name]                   is a name registered?",
+            ] { serviceNotice(context, line) }
+        default:
+            serviceNotice(context, "Unknown command \(command). Try HELP.")
+        }
     }
 
     // MARK: Replies for registration
@@ -534,6 +742,10 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             if text.hasSuffix("\u{1}") { text.removeLast() }
         }
         for target in targets.split(separator: ",").prefix(4).map(String.init) {
+            if NameRules.key(target) == "nickserv" || NameRules.key(target).hasPrefix("nickserv@") {
+                if command == "PRIVMSG" { nickServ(text, context) }
+                continue
+            }
             do {
                 if target.hasPrefix("#") {
                     try hub.say(session, room: target, text: text, kind: kind)

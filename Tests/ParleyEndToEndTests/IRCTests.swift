@@ -267,3 +267,104 @@ import Testing
         }
     }
 }
+
+@Suite(.timeLimit(.minutes(2))) struct IRCAccountTests {
+    static func plain(_ account: String, _ password: String) -> String {
+        Data("\(account)\0\(account)\0\(password)".utf8).base64EncodedString()
+    }
+
+    @Test func saslPlainLogsInBeforeRegistration() async throws {
+        try await withServer { server in
+            _ = try await server.user("nina", password: "password1")
+            let irc = try await IRCTestClient.connect(server)
+            try await irc.send("CAP LS 302")
+            #expect(try await irc.expect("CAP").params.last?.split(separator: " ").contains("sasl=PLAIN") == true)
+            try await irc.send("NICK temp")
+            try await irc.send("USER nina 0 * :Nina")
+            try await irc.send("CAP REQ :sasl")
+            _ = try await irc.expect("CAP")
+            try await irc.send("AUTHENTICATE PLAIN")
+            #expect(try await irc.next() == IRCMessage("AUTHENTICATE", ["+"]))
+            try await irc.send("AUTHENTICATE \(Self.plain("nina", "password1"))")
+            #expect(try await irc.next().params == ["temp", "temp!nina@127.0.0.1", "nina", "You are now logged in as nina"])
+            #expect(try await irc.next().command == "903")
+            try await irc.send("CAP END")
+            let welcome = try await irc.next()
+            #expect(welcome.command == "001" && welcome.params.first == "nina")
+        }
+    }
+
+    @Test func saslFailuresAndAborts() async throws {
+        try await withServer { server in
+            _ = try await server.user("omar", password: "password1")
+            let irc = try await IRCTestClient.connect(server)
+            try await irc.send("CAP REQ :sasl")
+            _ = try await irc.expect("CAP")
+            try await irc.send("AUTHENTICATE SCRAM-SHA-256")
+            #expect(try await irc.next().command == "908")
+            #expect(try await irc.next().command == "904")
+            try await irc.send("AUTHENTICATE PLAIN")
+            _ = try await irc.expect("AUTHENTICATE")
+            try await irc.send("AUTHENTICATE \(Self.plain("omar", "wrong-password"))")
+            #expect(try await irc.next().command == "904")
+            try await irc.send("AUTHENTICATE PLAIN")
+            _ = try await irc.expect("AUTHENTICATE")
+            try await irc.send("AUTHENTICATE *")
+            #expect(try await irc.next().command == "906")
+        }
+    }
+
+    @Test func accountRegistrationBeforeConnect() async throws {
+        try await withServer { server in
+            let irc = try await IRCTestClient.connect(server)
+            try await irc.send("CAP LS 302")
+            #expect(try await irc.expect("CAP").params.last?.contains("draft/account-registration=before-connect") == true)
+            try await irc.send("CAP REQ :draft/account-registration")
+            _ = try await irc.expect("CAP")
+            try await irc.send("NICK pia")
+            try await irc.send("REGISTER * * short")
+            #expect(try await irc.next().params.prefix(3) == ["REGISTER", "WEAK_PASSWORD", "pia"])
+            try await irc.send("REGISTER * * password1")
+            #expect(try await irc.next().params == ["SUCCESS", "pia", "Account created"])
+            #expect(try await irc.next().command == "900")
+            try await irc.send("USER pia 0 * :Pia")
+            try await irc.send("CAP END")
+            _ = try await irc.expect("001")
+            // The account works from the line door too.
+            _ = try await server.user("pia", password: "password1", register: false)
+            let again = try await IRCTestClient.connect(server)
+            try await again.send("NICK other")
+            try await again.send("REGISTER pia * password2")
+            #expect(try await again.next().params.prefix(3) == ["REGISTER", "ACCOUNT_EXISTS", "pia"])
+        }
+    }
+
+    @Test func nickServRegisterIdentifyLogoutAndTheGracePeriod() async throws {
+        try await withServer({ $0.irc.nickGracePeriod = .milliseconds(300) }) { server in
+            let quinn = try await IRCTestClient.connect(server)
+            try await quinn.register("quinn")
+            try await quinn.send("PRIVMSG NickServ :REGISTER password1")
+            #expect(try await quinn.expect("NOTICE").params.last == "Account quinn registered; you are now logged in.")
+            try await quinn.send("PRIVMSG NickServ :LOGOUT")
+            #expect(try await quinn.expect("NICK").params.first?.hasPrefix("guest-") == true)
+            #expect(try await quinn.expect("NOTICE").params.last?.hasPrefix("You are now logged out") == true)
+            try await quinn.send("PRIVMSG NickServ :IDENTIFY quinn password1")
+            #expect(try await quinn.expect("NICK").params == ["quinn"])
+            #expect(try await quinn.expect("NOTICE").params.last == "You are now identified as quinn.")
+            try await quinn.send("QUIT")
+            _ = try await quinn.expect("ERROR")
+
+            // A guest may take the registered nick for the grace period, then is renamed.
+            let squatter = try await IRCTestClient.connect(server)
+            try await squatter.register("quinn")
+            #expect(try await squatter.expect("NOTICE").params.last?.contains("Identify with /msg NickServ IDENTIFY") == true)
+            let renamed = try await squatter.expect("NICK")
+            #expect(renamed.source == "quinn!quinn@127.0.0.1" && renamed.params.first?.hasPrefix("guest-") == true)
+            // The owner logging in takes the name back from a guest at once.
+            let squatter2 = try await IRCTestClient.connect(server)
+            try await squatter2.register("quinn")
+            _ = try await server.user("quinn", password: "password1", register: false)
+            #expect(try await squatter2.expect("NICK").params.first?.hasPrefix("guest-") == true)
+        }
+    }
+}
