@@ -48,16 +48,20 @@ public final class LoginThrottle: Sendable {
         self.maxDelay = maxDelay
     }
 
-    /// How long this attempt must wait before it is checked. Each admitted attempt takes the next
-    /// slot, so attempts made in parallel wait one after another.
-    public func admit(keys: [String], now: ContinuousClock.Instant = .now) -> Duration {
+    /// How long this attempt must wait before it is checked, or nil when the queue of attempts is
+    /// already longer than `maxDelay` (then it is refused unchecked). Each admitted attempt takes the
+    /// next slot, so attempts made in parallel wait one after another.
+    public func admit(keys: [String], now: ContinuousClock.Instant = .now) -> Duration? {
         entries.withLock { entries in
             var wait = Duration.zero
             for key in keys {
+                guard let entry = entries[key], entry.failures >= freeFailures else { continue }
+                wait = max(wait, max(entry.nextSlot, now) - now)
+            }
+            guard wait <= maxDelay else { return nil }
+            for key in keys {
                 guard var entry = entries[key], entry.failures >= freeFailures else { continue }
-                let start = max(entry.nextSlot, now)
-                wait = max(wait, start - now)
-                entry.nextSlot = start + delay(afterFailures: entry.failures)
+                entry.nextSlot = max(entry.nextSlot, now) + delay(afterFailures: entry.failures)
                 entries[key] = entry
             }
             return wait

@@ -40,10 +40,22 @@ public final class ChannelSink: SessionSink {
     public func enqueue(_ bytes: ByteBuffer) {
         guard !isClosing else { return }
         channel.write(bytes, promise: nil)
+        enforceOutboundLimit()
+    }
+
+    /// Producer-consumer with a bound: a client whose queue is over the limit even after a flush (so it
+    /// is not reading) is cut off, not buffered forever. Doors call this after their own replies too.
+    public func enforceOutboundLimit() {
+        guard !channel.isWritable, !isClosing else { return }
+        channel.flush()
         if !channel.isWritable {
-            // Producer-consumer with a bound: a client that stopped reading is cut off, not buffered forever.
             disconnect(finalBytes: overflowNotice(format))
         }
+    }
+
+    /// The connection closed (from either side): drop further output and let the door stop working.
+    public func markClosed() {
+        closing.store(true, ordering: .relaxed)
     }
 
     /// Coalesces: the flush runs after the tasks already queued on this loop, so a client that is
@@ -94,6 +106,7 @@ public struct FloodBucket: Sendable {
         lastRefill = now
         tokens -= 1
         guard tokens < 0 else { return nil }
-        return .nanoseconds(Int64((1 - tokens) / rate * 1e9))
+        // Bounded, so a tiny configured rate cannot overflow the conversion.
+        return .nanoseconds(Int64(min((1 - tokens) / rate, 60) * 1e9))
     }
 }

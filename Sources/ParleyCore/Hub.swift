@@ -116,12 +116,13 @@ public final class Hub: Sendable {
         }
         counters.connectionsTotal.add(1, ordering: .relaxed)
         counters.activeSessions.add(1, ordering: .relaxed)
-        if joinLobby { _ = try? join(session, room: config.lobby) }
+        if joinLobby { _ = try? join(session, room: config.lobby, key: nil, bypassModes: true) }
         return session
     }
 
     /// Removes a session that closed; it leaves every room. Safe to call more than once.
     public func disconnect(_ session: Session, reason: String? = nil) {
+        let reason = reason.flatMap(NameRules.cleanText)
         let wasConnected = session.state.withLock { state in
             defer { state.connected = false }
             return state.connected
@@ -171,6 +172,12 @@ public final class Hub: Sendable {
     /// session was already a member (then nothing is announced).
     @discardableResult
     public func join(_ session: Session, room roomName: String, key joinKey: String? = nil) throws(HubError) -> (name: String, alreadyMember: Bool) {
+        try join(session, room: roomName, key: joinKey, bypassModes: false)
+    }
+
+    /// `bypassModes`: the automatic join of the lobby, which no mode may refuse (a new session that
+    /// could not be in the lobby would be told it is there and could not speak).
+    private func join(_ session: Session, room roomName: String, key joinKey: String?, bypassModes: Bool) throws(HubError) -> (name: String, alreadyMember: Bool) {
         if let error = NameRules.validateRoom(roomName) { throw error }
         let key = NameRules.key(roomName)
         while true {
@@ -185,20 +192,26 @@ public final class Hub: Sendable {
                 if state.members.contains(where: { $0 === session }) { return (false, false) }
                 let speaker = session.speaker
                 let nameKey = NameRules.key(speaker.name)
-                let invited = state.settings.invited.contains(nameKey)
+                let invited = bypassModes || state.settings.invited.contains(nameKey)
                 // The order of the usual servers: ban, invite-only, key, limit. An invitation passes all four.
                 if state.settings.isBanned(speaker) && !invited { throw .banned(room.name) }
                 if state.settings.inviteOnly && !invited { throw .inviteOnly(room.name) }
                 if let required = state.settings.key, required != joinKey, !invited { throw .badKey(room.name) }
                 if let limit = state.settings.limit, state.members.count >= limit, !invited { throw .roomFull(room.name) }
+                // A session that disconnected meanwhile must not be added: nothing would remove it.
+                let connected = session.state.withLock { session in
+                    if session.connected { session.rooms.append(key) }
+                    return session.connected
+                }
+                guard connected else { return (false, false) }
                 state.settings.invited.remove(nameKey)
                 if state.members.isEmpty { state.settings.operators.insert(session.id) }
                 state.members.append(session)
-                session.state.withLock { $0.rooms.append(key) }
-                deliver(.joined(room: room.name, who: session.speaker), to: state.members)
+                deliver(.joined(room: room.name, who: speaker), to: state.members)
                 return (true, false)
             }
             if outcome.retry { continue }
+            if !outcome.joined { removeIfEmpty(room, key: key) }
             return (room.name, !outcome.joined)
         }
     }
@@ -206,6 +219,7 @@ public final class Hub: Sendable {
     /// Leaves a room; returns its display name.
     @discardableResult
     public func part(_ session: Session, room roomName: String, reason: String? = nil) throws(HubError) -> String {
+        let reason = reason.flatMap(NameRules.cleanText)
         let key = NameRules.key(roomName)
         guard let room = rooms.withLock({ $0[key] }) else {
             if let error = NameRules.validateRoom(roomName) { throw error }
@@ -227,7 +241,12 @@ public final class Hub: Sendable {
             session.state.withLock { $0.rooms.removeAll { $0 == key } }
             return state.members.isEmpty
         }
-        guard nowEmpty, key != NameRules.key(config.lobby) else { return }
+        if nowEmpty { removeIfEmpty(room, key: key) }
+    }
+
+    /// Forgets a room nobody is in (the lobby stays); a late joiner recreates it.
+    private func removeIfEmpty(_ room: Room, key: String) {
+        guard key != NameRules.key(config.lobby) else { return }
         rooms.withLock { rooms in
             room.state.withLock { state in
                 guard state.members.isEmpty, rooms[key] === room else { return }
@@ -364,7 +383,9 @@ public final class Hub: Sendable {
     public func kick(_ session: Session, room roomName: String, target: String, reason: String?) throws(HubError) {
         let room = try room(roomName)
         let speaker = session.speaker
-        let removed: [Session] = try room.state.withLock { (state) throws(HubError) in
+        let reason = reason.flatMap(NameRules.cleanText)
+        let key = NameRules.key(room.name)
+        let nowEmpty: Bool = try room.state.withLock { (state) throws(HubError) in
             guard state.members.contains(where: { $0 === session }) else { throw .notInRoom(room.name) }
             guard state.settings.operators.contains(session.id) else { throw .needsOperator(room.name) }
             let targets = state.members.filter { NameRules.key($0.name) == NameRules.key(target) }
@@ -374,11 +395,12 @@ public final class Hub: Sendable {
             for member in targets {
                 state.settings.operators.remove(member.id)
                 state.settings.voiced.remove(member.id)
+                // Inside the room lock, so a rejoin cannot interleave with this bookkeeping.
+                member.state.withLock { $0.rooms.removeAll { $0 == key } }
             }
-            return targets
+            return state.members.isEmpty
         }
-        let key = NameRules.key(room.name)
-        for member in removed { member.state.withLock { $0.rooms.removeAll { $0 == key } } }
+        if nowEmpty { removeIfEmpty(room, key: key) }
     }
 
     /// Invites a user to a room; the invitation lets them past +i, +k, +l and bans once.
@@ -509,7 +531,7 @@ public final class Hub: Sendable {
     /// doors that log in before the session exists (IRC SASL and PASS). Returns the account's name.
     public func authenticate(name: String, password: String, address: String) async throws(HubError) -> String {
         let keys = ["account:" + NameRules.key(name), "address:" + Self.host(of: address)]
-        let wait = throttle.admit(keys: keys)
+        guard let wait = throttle.admit(keys: keys) else { throw .tooManyAttempts }
         if wait > .zero { try? await Task.sleep(for: wait) }
         let record: AccountRecord?
         let matches: Bool

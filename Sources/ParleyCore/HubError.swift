@@ -24,6 +24,7 @@ public enum HubError: Error, Equatable, Sendable {
     case moderated(String)
     case userNotInRoom(name: String, room: String)
     case alreadyInRoom(name: String, room: String)
+    case tooManyAttempts
 
     public var message: String {
         switch self {
@@ -48,6 +49,7 @@ public enum HubError: Error, Equatable, Sendable {
         case .moderated(let room): return "\(room) is moderated: only operators and voiced users may speak."
         case .userNotInRoom(let name, let room): return "\(name) is not in \(room)."
         case .alreadyInRoom(let name, let room): return "\(name) is already in \(room)."
+        case .tooManyAttempts: return "Too many failed logins for this account or from your address; wait a few seconds and try again."
         }
     }
 }

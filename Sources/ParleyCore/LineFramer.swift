@@ -26,7 +26,12 @@ public struct LineFramer: Sendable {
 
     public mutating func append(_ bytes: ByteBuffer) {
         var bytes = bytes
-        if buffer.readableBytes == 0 { buffer.clear() }
+        if buffer.readableBytes == 0 {
+            buffer.clear()
+        } else if buffer.readerIndex > 64 * 1024 {
+            // Lines already handed out would otherwise stay in memory behind a pending partial line.
+            buffer.discardReadBytes()
+        }
         buffer.writeBuffer(&bytes)
     }
 
@@ -74,8 +79,13 @@ public struct LineFramer: Sendable {
     /// The quiet period after a partial line expired: take what is pending as a complete line.
     /// Ends an over-long line being discarded, too: what comes next is a new line.
     public mutating func terminatePartialLine() {
-        discarding = false
         scanned = 0
+        if discarding {
+            // The tail of an over-long line (already reported) is dropped, not taken as a line.
+            discarding = false
+            buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
+            return
+        }
         guard buffer.readableBytes > 0 else { return }
         buffer.writeInteger(UInt8(ascii: "\n"))
     }

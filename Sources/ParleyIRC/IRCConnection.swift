@@ -110,6 +110,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
+        sink?.markClosed()
         registrationTimer?.cancel()
         graceTimer?.cancel()
         keepAlive?.cancel()
@@ -1004,13 +1005,17 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
 
     /// Runs `body` after the tasks already queued on this loop: replies that must follow the hub's
     /// events for the same command (NAMES after JOIN) go through here.
+    /// No further line is handled meanwhile, so replies stay in command order.
     private func afterQueuedEvents(_ context: ChannelHandlerContext, _ body: @escaping (IRCConnectionHandler, ChannelHandlerContext) -> Void) {
+        awaitingCommand = true
         let bound = NIOLoopBound((self, context, body), eventLoop: context.eventLoop)
         context.eventLoop.execute {
             let (handler, context, body) = bound.value
+            handler.awaitingCommand = false
             guard !handler.closing else { return }
             body(handler, context)
             handler.flushIfNeeded(context)
+            handler.resume(context)
         }
     }
 
@@ -1064,6 +1069,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         guard !closing else { return }
         context.write(wrapOutboundOut(ByteBuffer(string: message.serialized() + "\r\n")), promise: nil)
         wroteSinceFlush = true
+        sink?.enforceOutboundLimit()
     }
 
     private func flushIfNeeded(_ context: ChannelHandlerContext) {

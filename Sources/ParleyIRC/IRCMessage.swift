@@ -161,7 +161,11 @@ public struct IRCMessage: Equatable, Sendable, CustomStringConvertible {
             line += ":" + source + " "
         }
         line += command
-        for (index, param) in params.enumerated() {
+        for (index, rawParam) in params.enumerated() {
+            // A CR, LF or NUL inside a parameter would end or corrupt the line for the reader.
+            let param = rawParam.unicodeScalars.contains(where: { $0 == "\r" || $0 == "\n" || $0 == "\0" })
+                ? String(String.UnicodeScalarView(rawParam.unicodeScalars.map { ($0 == "\r" || $0 == "\n" || $0 == "\0") ? " " : $0 }))
+                : rawParam
             line += " "
             if index == params.count - 1 && (param.isEmpty || param.unicodeScalars.first == ":" || param.unicodeScalars.contains(" ")) {
                 line += ":"

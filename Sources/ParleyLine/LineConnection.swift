@@ -70,6 +70,7 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
+        sink?.markClosed()
         quietTimer?.cancel()
         if let session { hub.disconnect(session) }
         context.fireChannelInactive()
@@ -198,11 +199,13 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
                 }
             case .logout:
                 try hub.logout(session)
-                reply(context, LineReply.ok("logout", "You are logged out and now called \(session.name)."))
+                replyAfterQueuedEvents(context, [LineReply.ok("logout", "You are logged out and now called \(session.name).")])
             case .join(let room):
                 let joined = try hub.join(session, room: room)
                 currentRoom = joined.name
-                reply(context, LineReply.ok("join", "You are now talking in \(joined.name)."))
+                let topic = joined.alreadyMember ? nil : hub.details(of: joined.name)?.settings.topic
+                replyAfterQueuedEvents(context, (topic.map { ["TOPIC \(joined.name) \($0.setBy): \($0.text)"] } ?? [])
+                    + [LineReply.ok("join", "You are now talking in \(joined.name).")])
             case .leave(let room):
                 guard let target = room ?? currentRoom else { throw .noCurrentRoom }
                 let left = try hub.part(session, room: target)
@@ -210,7 +213,7 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
                     currentRoom = hub.roomNames(for: session.roomKeys).last
                 }
                 let next = currentRoom.map { " You are now talking in \($0)." } ?? " You are in no room; /join one to talk."
-                reply(context, LineReply.ok("leave", "You left \(left)." + next))
+                replyAfterQueuedEvents(context, [LineReply.ok("leave", "You left \(left)." + next)])
             case .rooms:
                 let rooms = hub.roomList()
                 for room in rooms { reply(context, LineReply.room(room)) }
@@ -267,6 +270,23 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
         guard !closing else { return }
         context.write(wrapOutboundOut(ByteBuffer(string: line + "\n")), promise: nil)
         wroteSinceFlush = true
+        sink?.enforceOutboundLimit()
+    }
+
+    /// Answers after the hub's events for the same command (JOIN before `OK join`), which are already
+    /// queued on this loop; no further line is handled meanwhile, so replies stay in command order.
+    private func replyAfterQueuedEvents(_ context: ChannelHandlerContext, _ lines: [String]) {
+        awaitingCommand = true
+        pause(context)
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let (handler, context) = bound.value
+            handler.awaitingCommand = false
+            guard !handler.closing else { return }
+            for line in lines { handler.reply(context, line) }
+            handler.flushIfNeeded(context)
+            handler.resume(context)
+        }
     }
 
     private func flushIfNeeded(_ context: ChannelHandlerContext) {

@@ -102,6 +102,7 @@ public enum LineReply {
         case .moderated: return "moderated"
         case .userNotInRoom: return "user-not-in-room"
         case .alreadyInRoom: return "already-in-room"
+        case .tooManyAttempts: return "too-many-attempts"
         }
     }
 }

@@ -137,6 +137,36 @@ struct PlainHasher: PasswordHasher {
         }
     }
 
+    @Test func aSessionThatDisconnectedCannotJoinAndLeavesNoRoomBehind() throws {
+        let hub = makeHub()
+        let (a, _) = connect(hub)
+        hub.disconnect(a)
+        let result = try hub.join(a, room: "#ghost")
+        #expect(result.alreadyMember)
+        #expect(hub.members(of: "#ghost") == nil)
+        #expect(a.roomKeys.isEmpty)
+    }
+
+    @Test func kickingTheLastMemberRemovesTheRoomAndReasonsAreCleaned() throws {
+        let hub = makeHub()
+        let (a, sinkA) = connect(hub)
+        try hub.join(a, room: "#solo")
+        try hub.kick(a, room: "#solo", target: a.name, reason: "bye\r:evil!e@h PRIVMSG #x :spoof")
+        loop.run()
+        #expect(hub.members(of: "#solo") == nil)
+        #expect(a.roomKeys == ["#lobby"])
+        #expect(sinkA.lines.last?.contains("reason: Optional(\"bye:evil!e@h PRIVMSG #x :spoof\")") == true)
+    }
+
+    @Test func theLobbyJoinOfANewSessionIgnoresTheLobbysModes() throws {
+        let hub = makeHub()
+        let (op, _) = connect(hub)
+        try hub.changeModes(op, room: "#lobby", [ModeChange(true, .inviteOnly), ModeChange(true, .key, "k"), ModeChange(true, .limit, "1")])
+        let (late, _) = connect(hub)
+        #expect(late.roomKeys == ["#lobby"])
+        #expect(throws: HubError.inviteOnly("#lobby")) { try hub.part(late, room: "#lobby"); try hub.join(late, room: "#lobby") }
+    }
+
     @Test func sequenceNumbersGiveATotalOrder() throws {
         let hub = makeHub()
         let (a, sinkA) = connect(hub)

@@ -61,6 +61,18 @@ import Testing
         #expect(framer.next() == .line(ByteBuffer(string: "ok")))
     }
 
+    @Test func theTailOfAnOverLongLineIsNotTakenAsALine() {
+        var framer = LineFramer(maxLineLength: 4)
+        framer.append(ByteBuffer(string: "xxxxxxxxxx"))
+        #expect(framer.next() == .tooLong)
+        framer.append(ByteBuffer(string: "tail"))
+        #expect(framer.next() == nil)
+        framer.terminatePartialLine()
+        #expect(framer.next() == nil)
+        framer.append(ByteBuffer(string: "ok\n"))
+        #expect(framer.next() == .line(ByteBuffer(string: "ok")))
+    }
+
     @Test func emptyLinesAreLines() {
         #expect(lines(["\n\r\n"]) == ["", ""])
     }

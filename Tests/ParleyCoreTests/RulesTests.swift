@@ -63,6 +63,16 @@ import Testing
         #expect(throttle.admit(keys: keys, now: now) == .zero)
     }
 
+    @Test func attemptsQueuedBeyondTheMaximumDelayAreRefused() {
+        let throttle = LoginThrottle(freeFailures: 1, baseDelay: .seconds(1), maxDelay: .seconds(2))
+        let now = ContinuousClock.now
+        throttle.recordFailure(keys: ["account:x"], now: now)
+        #expect(throttle.admit(keys: ["account:x"], now: now) == .seconds(1))
+        #expect(throttle.admit(keys: ["account:x"], now: now) == .seconds(2))
+        #expect(throttle.admit(keys: ["account:x"], now: now) == nil)
+        #expect(throttle.admit(keys: ["account:y"], now: now) == .zero)
+    }
+
     @Test func addressAndAccountAreCountedSeparately() {
         let throttle = LoginThrottle(freeFailures: 1)
         throttle.recordFailure(keys: ["account:a", "address:1.2.3.4"])

@@ -33,6 +33,10 @@ import Testing
         #expect(throws: IRCMessage.ParseError.invalidCommand("PRIV-MSG")) { try parse("PRIV-MSG #a b") }
     }
 
+    @Test func lineBreaksInsideParametersCannotSplitTheLine() {
+        #expect(IRCMessage("PART", ["#a", "bye\r\n:evil PRIVMSG #a :x\0"]).serialized() == "PART #a :bye  :evil PRIVMSG #a :x ")
+    }
+
     @Test func serializesWithATrailingColonOnlyWhenNeeded() {
         #expect(IRCMessage("PRIVMSG", ["#a", "hello"]).serialized() == "PRIVMSG #a hello")
         #expect(IRCMessage("PRIVMSG", ["#a", "hello there"]).serialized() == "PRIVMSG #a :hello there")
