@@ -7,10 +7,12 @@ public struct HubConfig: Sendable {
     public var requireLogin: Bool
     /// The room every new session starts in; it is never removed.
     public var lobby: String
+    public var minimumPasswordLength: Int
 
-    public init(requireLogin: Bool = false, lobby: String = "#lobby") {
+    public init(requireLogin: Bool = false, lobby: String = "#lobby", minimumPasswordLength: Int = NameRules.passwordBytes.lowerBound) {
         self.requireLogin = requireLogin
         self.lobby = lobby
+        self.minimumPasswordLength = minimumPasswordLength
     }
 }
 
@@ -386,8 +388,9 @@ public final class Hub: Sendable {
         let reason = reason.flatMap(NameRules.cleanText)
         let key = NameRules.key(room.name)
         let nowEmpty: Bool = try room.state.withLock { (state) throws(HubError) in
-            guard state.members.contains(where: { $0 === session }) else { throw .notInRoom(room.name) }
-            guard state.settings.operators.contains(session.id) else { throw .needsOperator(room.name) }
+            let serverOperator = session.isServerOperator
+            guard serverOperator || state.members.contains(where: { $0 === session }) else { throw .notInRoom(room.name) }
+            guard serverOperator || state.settings.operators.contains(session.id) else { throw .needsOperator(room.name) }
             let targets = state.members.filter { NameRules.key($0.name) == NameRules.key(target) }
             guard let first = targets.first else { throw .userNotInRoom(name: target, room: room.name) }
             deliver(.kicked(room: room.name, by: speaker, target: first.name, reason: reason), to: state.members)
@@ -501,7 +504,7 @@ public final class Hub: Sendable {
     /// other session using it (or registering it right now) makes the name taken.
     public func createAccount(name: String, password: String, by sessionID: Int? = nil) async throws(HubError) {
         if let error = NameRules.validateName(name) { throw error }
-        if let error = NameRules.validatePassword(password) { throw error }
+        if let error = NameRules.validatePassword(password, minimumLength: config.minimumPasswordLength) { throw error }
         let key = NameRules.key(name)
         try registry.withLock { (registry) throws(HubError) in
             let holders = registry.byName[key] ?? []

@@ -49,10 +49,11 @@ public enum NameRules {
         return nil
     }
 
-    public static func validatePassword(_ password: String) -> HubError? {
+    /// `minimumLength` is the server's policy (8 by default, `--min-password-length`).
+    public static func validatePassword(_ password: String, minimumLength: Int = passwordBytes.lowerBound) -> HubError? {
         let count = password.utf8.count
-        if count < passwordBytes.lowerBound {
-            return .badPassword("A password must be at least \(passwordBytes.lowerBound) characters long.")
+        if count < minimumLength {
+            return .badPassword("A password must be at least \(minimumLength) characters long.")
         }
         if count > passwordBytes.upperBound {
             return .badPassword("A password may be at most \(passwordBytes.upperBound) bytes long.")

@@ -56,6 +56,8 @@ public final class Session: Sendable {
         var realName: String?
         /// An away message (IRC AWAY); nil when present.
         var away: String?
+        /// A server operator (IRC OPER): may kick anywhere and disconnect anyone.
+        var serverOperator = false
         /// Room keys in join order.
         var rooms: [String] = []
         var connected = true
@@ -80,6 +82,10 @@ public final class Session: Sendable {
     public var receivesOwnMessages: Bool { sink.receivesOwnMessages }
     public var roomKeys: [String] { state.withLock { $0.rooms } }
     public var realName: String? { state.withLock { $0.realName } }
+    public var isServerOperator: Bool {
+        get { state.withLock { $0.serverOperator } }
+        set { state.withLock { $0.serverOperator = newValue } }
+    }
     public var away: String? {
         get { state.withLock { $0.away } }
         set { state.withLock { $0.away = newValue } }

@@ -19,6 +19,8 @@ public struct IRCDoorConfig: Sendable {
     public var createdAt = Date()
     /// How long a guest may keep a registered nick before it is renamed (unless it logs in).
     public var nickGracePeriod = TimeAmount.seconds(30)
+    /// IRC operators: OPER name -> password.
+    public var operators: [String: String] = [:]
 
     public init() {}
 }
@@ -220,6 +222,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         "LIST": (0, false), "ISON": (1, false), "USERHOST": (1, false), "MOTD": (0, false),
         "LUSERS": (0, false), "VERSION": (0, false), "TIME": (0, false), "AWAY": (0, false),
         "KICK": (2, false), "INVITE": (2, false), "AUTHENTICATE": (1, true), "REGISTER": (3, true),
+        "OPER": (2, false), "KILL": (1, false),
     ]
 
     private func dispatch(_ message: IRCMessage, _ context: ChannelHandlerContext) {
@@ -244,6 +247,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         case "USER":
             if session != nil {
                 numeric(context, "462", "You may not reregister")
+            } else if params[0].isEmpty || params[3].isEmpty {
+                numeric(context, "461", "USER", "Not enough parameters")
             } else {
                 userName = String(params[0].prefix(20))
                 realName = params[3]
@@ -271,6 +276,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         case "MODE": mode(params, context)
         case "TOPIC": topic(params, context)
         case "AUTHENTICATE": authenticate(params[0], context)
+        case "OPER": oper(params, context)
+        case "KILL": kill(params, context)
         case "REGISTER": registerAccount(params, context)
         case "KICK": kick(params, context)
         case "INVITE": invite(params, context)
@@ -628,6 +635,47 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         }
     }
 
+    // MARK: Operators
+
+    private func oper(_ params: [String], _ context: ChannelHandlerContext) {
+        guard let session else { return }
+        guard let expected = config.operators[params[0]] else {
+            numeric(context, "491", "No O-lines for your host")
+            return
+        }
+        // Constant time: compare every byte whatever the first difference.
+        let given = Array(params[1].utf8), wanted = Array(expected.utf8)
+        var difference = given.count ^ wanted.count
+        for index in 0..<max(given.count, wanted.count) {
+            difference |= Int((index < given.count ? given[index] : 0) ^ (index < wanted.count ? wanted[index] : 0))
+        }
+        guard difference == 0 else {
+            numeric(context, "464", "Password incorrect")
+            return
+        }
+        session.isServerOperator = true
+        numeric(context, "381", "You are now an IRC operator")
+        send(context, IRCMessage(source: session.name, "MODE", [session.name, "+o"]))
+    }
+
+    private func kill(_ params: [String], _ context: ChannelHandlerContext) {
+        guard let session else { return }
+        guard session.isServerOperator else {
+            numeric(context, "481", "Permission Denied- You're not an IRC operator")
+            return
+        }
+        let targets = hub.sessions(named: params[0])
+        guard !targets.isEmpty else {
+            numeric(context, "401", params[0], "No such nick/channel")
+            return
+        }
+        let reason = "Killed (\(session.name) (\(params.count > 1 ? params[1] : "no reason")))"
+        for target in targets {
+            hub.disconnect(target, reason: reason)
+            hub.drop(target, .kicked(reason: reason))
+        }
+    }
+
     // MARK: Replies for registration
 
     private func welcome(_ context: ChannelHandlerContext) {
@@ -807,7 +855,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         for (member, channel, prefix) in rows {
             let speaker = member.speaker
             numeric(context, "352", channel, speaker.user, speaker.host, config.serverName, speaker.name,
-                    (member.away == nil ? "H" : "G") + prefix, "0 \(member.realName ?? speaker.name)")
+                    (member.away == nil ? "H" : "G") + (member.isServerOperator ? "*" : "") + prefix, "0 \(member.realName ?? speaker.name)")
         }
         numeric(context, "315", mask, "End of WHO list")
     }
@@ -829,6 +877,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         }
         numeric(context, "312", speaker.name, config.serverName, "Parley (\(other.door) door)")
         if let away = other.away { numeric(context, "301", speaker.name, away) }
+        if other.isServerOperator { numeric(context, "313", speaker.name, "is an IRC operator") }
         if let account = speaker.account { numeric(context, "330", speaker.name, account, "is logged in as") }
         numeric(context, "318", speaker.name, "End of /WHOIS list")
     }

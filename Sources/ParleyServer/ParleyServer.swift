@@ -11,6 +11,8 @@ public struct ServerConfig: Sendable {
     public var listeners: [ListenAddress] = ListenAddress.defaults
     public var dataDirectory = "./parley-data"
     public var requireLogin = false
+    /// Shortest password accepted for a new account.
+    public var minimumPasswordLength = NameRules.passwordBytes.lowerBound
     /// Event loops; one per core by default.
     public var threads = System.coreCount
     /// bcrypt cost; the command line refuses less than 10. Tests may lower it to save time.
@@ -57,7 +59,7 @@ public final class ParleyServer: Sendable {
         hashPool = NIOThreadPool(numberOfThreads: max(1, System.coreCount - 1))
         hashPool.start()
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.threads))
-        hub = Hub(config: HubConfig(requireLogin: config.requireLogin), accounts: store,
+        hub = Hub(config: HubConfig(requireLogin: config.requireLogin, minimumPasswordLength: config.minimumPasswordLength), accounts: store,
                   hasher: BcryptHasher(cost: config.bcryptCost, pool: hashPool))
     }
 

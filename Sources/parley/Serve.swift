@@ -25,6 +25,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "A file whose lines are the IRC message of the day.")
     var motd: String?
 
+    @Option(help: "Shortest password accepted for a new account (1 to 72).")
+    var minPasswordLength = 8
+
+    @Option(name: .customLong("oper"), help: "An IRC operator, NAME:PASSWORD (repeatable); used with OPER.")
+    var operators: [String] = []
+
     @Flag(help: "Refuse chat from guests: an account is needed to talk.")
     var requireLogin = false
 
@@ -48,6 +54,10 @@ struct Serve: AsyncParsableCommand {
 
     func validate() throws {
         guard (10...16).contains(bcryptCost) else { throw ValidationError("--bcrypt-cost must be from 10 to 16.") }
+        guard (1...72).contains(minPasswordLength) else { throw ValidationError("--min-password-length must be from 1 to 72.") }
+        for oper in operators where !oper.contains(":") || oper.hasPrefix(":") || oper.hasSuffix(":") {
+            throw ValidationError("--oper takes NAME:PASSWORD, for example --oper admin:s3cret; got \"\(oper)\".")
+        }
         guard outboundLimit >= 4096 else { throw ValidationError("--outbound-limit must be at least 4096 bytes.") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1.") }
         guard floodRate >= 0, floodBurst >= 1 else { throw ValidationError("--flood-rate must be 0 or more and --flood-burst at least 1.") }
@@ -62,6 +72,11 @@ struct Serve: AsyncParsableCommand {
         }
         config.dataDirectory = dataDir
         config.requireLogin = requireLogin
+        config.minimumPasswordLength = minPasswordLength
+        for oper in operators {
+            let parts = oper.split(separator: ":", maxSplits: 1).map(String.init)
+            config.irc.operators[parts[0]] = parts[1]
+        }
         if let threads { config.threads = threads }
         config.bcryptCost = UInt8(bcryptCost)
         config.outboundLimit = outboundLimit

@@ -371,3 +371,43 @@ import Testing
         }
     }
 }
+
+@Suite(.timeLimit(.minutes(2))) struct IRCOperatorTests {
+    @Test func operKillAndKickAnywhere() async throws {
+        try await withServer({ $0.irc.operators = ["root": "hunter22"] }) { server in
+            let boss = try await IRCTestClient.connect(server)
+            try await boss.register("boss")
+            let pest = try await IRCTestClient.connect(server)
+            try await pest.register("pest")
+            try await pest.send("JOIN #den")
+            _ = try await pest.expect("366")
+            try await boss.send("KILL pest :no")
+            #expect(try await boss.next().command == "481")
+            try await boss.send("OPER root wrong")
+            #expect(try await boss.next().command == "464")
+            try await boss.send("OPER nobody hunter22")
+            #expect(try await boss.next().command == "491")
+            try await boss.send("OPER root hunter22")
+            #expect(try await boss.next().command == "381")
+            try await boss.send("WHOIS boss")
+            #expect(try await boss.expect("313").params == ["boss", "boss", "is an IRC operator"])
+            // Not in #den and not its operator, but a server operator may kick there.
+            try await boss.send("KICK #den pest :out")
+            #expect(try await pest.expect("KICK").params == ["#den", "pest", "out"])
+            try await boss.send("KILL pest :spamming")
+            #expect(try await pest.expect("ERROR").params.first?.contains("Killed (boss (spamming))") == true)
+            try await pest.connection.waitForClose()
+        }
+    }
+
+    @Test func userNeedsARealNameAndPasswordsFollowThePolicy() async throws {
+        try await withServer({ $0.minimumPasswordLength = 12 }) { server in
+            let irc = try await IRCTestClient.connect(server)
+            try await irc.send("NICK rae")
+            try await irc.send("USER rae 0 * :")
+            #expect(try await irc.next().params == ["rae", "USER", "Not enough parameters"])
+            let line = try await server.client()
+            #expect(try await line.command("/register rae password1") == "ERR bad-password A password must be at least 12 characters long.")
+        }
+    }
+}

@@ -1,0 +1,106 @@
+"""irctest controller for Parley.
+
+irctest (https://github.com/progval/irctest) imports this module with
+`--controller parley_controller` when this directory is on PYTHONPATH. Every test
+gets a fresh `parley serve` with its own data directory, so the SASL and account
+tests run instead of being skipped. See docs/irc-conformance.md.
+"""
+import os
+from typing import Optional, Set, Type
+
+from irctest.basecontrollers import BaseServerController, DirectoryBasedController
+from irctest.cases import BaseServerTestCase
+from irctest.runner import NotImplementedByController
+from irctest.specifications import Capabilities, OptionalBehaviors
+
+PARLEY = os.environ.get("PARLEY_BIN", "parley")
+
+
+class ParleyController(BaseServerController, DirectoryBasedController):
+    software_name = "Parley"
+    _port_wait_interval = 0.01
+    supported_sasl_mechanisms: Set[str] = {"PLAIN"}
+    supports_sts = False
+    capabilities = frozenset(
+        (
+            Capabilities.ECHO_MESSAGE,
+            Capabilities.MULTI_PREFIX,
+            Capabilities.SERVER_TIME,
+        )
+    )
+    optional_behaviors = frozenset(
+        (
+            OptionalBehaviors.CAP_REQ_MINUS,
+            OptionalBehaviors.MULTI_JOIN,
+            OptionalBehaviors.MULTI_KICK,
+            OptionalBehaviors.MULTI_PRIVMSG,
+            OptionalBehaviors.SASL_AFTER_REGISTRATION,
+        )
+    )
+
+    def run(
+        self,
+        hostname: str,
+        port: int,
+        *,
+        password: Optional[str],
+        ssl: bool,
+        run_services: bool,
+        faketime: Optional[str],
+        websocket_hostname: Optional[str],
+        websocket_port: Optional[int],
+    ) -> None:
+        if websocket_hostname is not None or websocket_port is not None:
+            raise NotImplementedByController("Websocket")
+        if ssl:
+            raise NotImplementedByController("TLS")
+        if password is not None:
+            raise NotImplementedByController("server password")
+        assert self.proc is None
+        self.port = port
+        self.hostname = hostname
+        self.create_config()
+        assert self.directory
+        self.proc = self.execute(
+            [
+                PARLEY,
+                "serve",
+                "--listen", f"irc://{hostname}:{port}",
+                "--data-dir", str(self.directory / "data"),
+                "--server-name", "My.Little.Server",
+                "--bcrypt-cost", "10",
+                # irctest's fixtures use short passwords such as "sesame".
+                "--min-password-length", "1",
+                "--oper", "operuser:operpassword",
+                "--no-console",
+            ]
+        )
+
+    def wait_for_services(self) -> None:
+        # Accounts and NickServ are part of the server.
+        pass
+
+    def registerUser(
+        self,
+        case: BaseServerTestCase,
+        username: str,
+        password: Optional[str] = None,
+    ) -> None:
+        assert password
+        client = case.addClient(show_io=False)
+        case.sendLine(client, "NICK " + username)
+        case.sendLine(client, "USER r e g :user")
+        while case.getRegistrationMessage(client).command not in ("001", "433"):
+            pass
+        case.getMessages(client)
+        case.sendLine(client, "PRIVMSG NickServ :REGISTER " + password)
+        while True:
+            msg = case.getMessage(client)
+            if msg.command == "NOTICE" and "registered" in msg.params[-1]:
+                break
+        case.sendLine(client, "QUIT")
+        case.assertDisconnected(client)
+
+
+def get_irctest_controller_class() -> Type[ParleyController]:
+    return ParleyController
