@@ -13,12 +13,14 @@ public struct Speaker: Sendable, Equatable {
     public let user: String
     public let host: String
     public let account: String?
+    public let realName: String
 
-    public init(name: String, user: String, host: String, account: String?) {
+    public init(name: String, user: String, host: String, account: String?, realName: String? = nil) {
         self.name = name
         self.user = user
         self.host = host
         self.account = account
+        self.realName = realName ?? name
     }
 }
 
@@ -62,6 +64,10 @@ public enum HubEvent: Sendable, Equatable {
     case kicked(room: String, by: Speaker, target: String, reason: String?)
     /// Sent to the invited user only.
     case invited(room: String, by: Speaker, target: String)
+    /// Sent to those sharing a room with `who` (IRC away-notify); nil: back.
+    case awayChanged(who: Speaker, message: String?)
+    /// `who` logged in (account set) or out (nil); sent to those sharing a room (IRC account-notify).
+    case accountChanged(who: Speaker, account: String?)
     case notice(String)
     case goodbye(GoodbyeReason)
 }

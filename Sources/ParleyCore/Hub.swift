@@ -612,15 +612,29 @@ public final class Hub: Sendable {
         }
         for guest in displaced { try? rename(guest, to: newGuestName(), account: nil) }
         guard let (old, roomKeys) = renamed else { return }
-        guard old.name != newName else { return }
+        guard old.name != newName || old.account != account else { return }
+        let recipients = [session] + roomPeers(of: session, roomKeys: roomKeys)
+        if old.name != newName { deliver(.renamed(old: old, new: newName), to: recipients) }
+        if old.account != account { deliver(.accountChanged(who: session.speaker, account: account), to: recipients) }
+    }
+
+    /// Everyone sharing at least one room with the session, once each, without the session itself.
+    func roomPeers(of session: Session, roomKeys: [String]) -> [Session] {
         var seen: Set<Int> = [session.id]
-        var recipients = [session]
+        var peers: [Session] = []
         for key in roomKeys {
             for member in members(of: key) ?? [] where seen.insert(member.id).inserted {
-                recipients.append(member)
+                peers.append(member)
             }
         }
-        deliver(.renamed(old: old, new: newName), to: recipients)
+        return peers
+    }
+
+    /// Marks a session away (with a message) or back (nil), and tells those sharing a room with it.
+    public func setAway(_ session: Session, message: String?) {
+        let message = message.flatMap(NameRules.cleanText)
+        session.away = message
+        deliver(.awayChanged(who: session.speaker, message: message), to: roomPeers(of: session, roomKeys: session.roomKeys))
     }
 
     private func removeName(_ key: String, id: Int, in registry: inout Registry) {

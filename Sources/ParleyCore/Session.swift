@@ -91,7 +91,7 @@ public final class Session: Sendable {
         set { state.withLock { $0.away = newValue } }
     }
     public var speaker: Speaker {
-        state.withLock { Speaker(name: $0.name, user: $0.user ?? $0.name, host: host, account: $0.account) }
+        state.withLock { Speaker(name: $0.name, user: $0.user ?? $0.name, host: host, account: $0.account, realName: $0.realName) }
     }
 
     func info(roomNames: [String]) -> SessionInfo {

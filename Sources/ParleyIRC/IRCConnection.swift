@@ -29,8 +29,10 @@ public struct IRCDoorConfig: Sendable {
 enum IRCCapabilities {
     /// Name and, for CAP LS 302, value.
     static let offered: [(name: String, value: String?)] = [
-        ("cap-notify", nil), ("draft/account-registration", "before-connect"), ("echo-message", nil),
-        ("multi-prefix", nil), ("sasl", "PLAIN"), ("server-time", nil), ("userhost-in-names", nil),
+        ("account-notify", nil), ("account-tag", nil), ("away-notify", nil), ("cap-notify", nil),
+        ("draft/account-registration", "before-connect"), ("echo-message", nil), ("extended-join", nil),
+        ("multi-prefix", nil), ("sasl", "PLAIN"), ("server-time", nil), ("standard-replies", nil),
+        ("userhost-in-names", nil),
     ]
     static let names = Set(offered.map(\.name))
 
@@ -300,11 +302,12 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         case "TIME":
             numeric(context, "391", config.serverName, Date().formatted(.iso8601))
         case "AWAY":
+            guard let session else { return }
             if let text = params.first, !text.isEmpty {
-                session?.away = text
+                hub.setAway(session, message: text)
                 numeric(context, "306", "You have been marked as being away")
             } else {
-                session?.away = nil
+                hub.setAway(session, message: nil)
                 numeric(context, "305", "You are no longer marked as being away")
             }
         default:
@@ -344,7 +347,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
 
     private func applyCapabilities() {
         sink?.receivesOwnMessages = capabilities.contains("echo-message")
-        sink?.format = formats.format(IRCRenderOptions(serverTime: capabilities.contains("server-time")))
+        sink?.format = formats.format(IRCRenderOptions(capabilities: capabilities))
     }
 
     private func changeNick(_ params: [String], _ context: ChannelHandlerContext) {

@@ -8,7 +8,19 @@ import Synchronization
 /// set, not once per client.
 public struct IRCRenderOptions: Hashable, Sendable {
     public var serverTime = false
-    public init(serverTime: Bool = false) { self.serverTime = serverTime }
+    public var accountTag = false
+    public var extendedJoin = false
+    public var awayNotify = false
+    public var accountNotify = false
+    public init() {}
+
+    public init(capabilities: Set<String>) {
+        serverTime = capabilities.contains("server-time")
+        accountTag = capabilities.contains("account-tag")
+        extendedJoin = capabilities.contains("extended-join")
+        awayNotify = capabilities.contains("away-notify")
+        accountNotify = capabilities.contains("account-notify")
+    }
 }
 
 /// Renders hub events as IRC lines (CRLF-terminated).
@@ -29,19 +41,32 @@ public final class IRCFormat: WireFormat {
     func message(for event: HubEvent) -> IRCMessage? {
         var tags: [IRCMessage.Tag] = []
         var time = Date()
+        var speaker: Speaker?
         let message: IRCMessage
         switch event {
         case .message(let room):
             time = room.time
+            speaker = room.sender
             message = Self.chat(from: room.sender, to: room.room, text: room.text, kind: room.kind)
         case .direct(let from, let to, let text, let kind, _):
+            speaker = from
             message = Self.chat(from: from, to: to, text: text, kind: kind)
         case .joined(let room, let who):
-            message = IRCMessage(source: Self.mask(who), "JOIN", [room])
+            speaker = who
+            message = IRCMessage(source: Self.mask(who), "JOIN", options.extendedJoin ? [room, who.account ?? "*", who.realName] : [room])
         case .parted(let room, let who, let reason):
+            speaker = who
             message = IRCMessage(source: Self.mask(who), "PART", reason.map { [room, $0] } ?? [room])
         case .renamed(let old, let new):
+            speaker = old
             message = IRCMessage(source: Self.mask(old), "NICK", [new])
+        case .awayChanged(let who, let text):
+            guard options.awayNotify else { return nil }
+            speaker = who
+            message = IRCMessage(source: Self.mask(who), "AWAY", text.map { [$0] } ?? [])
+        case .accountChanged(let who, let account):
+            guard options.accountNotify else { return nil }
+            message = IRCMessage(source: Self.mask(who), "ACCOUNT", [account ?? "*"])
         case .topicChanged(let room, let by, let text):
             message = IRCMessage(source: Self.mask(by), "TOPIC", [room, text])
         case .modesChanged(let room, let by, let changes):
@@ -58,6 +83,9 @@ public final class IRCFormat: WireFormat {
         }
         if options.serverTime, message.command != "ERROR" {
             tags.append(.init("time", Self.timestamp(time)))
+        }
+        if options.accountTag, let account = speaker?.account {
+            tags.append(.init("account", account))
         }
         var tagged = message
         tagged.tags = tags

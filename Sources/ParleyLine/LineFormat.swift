@@ -6,11 +6,14 @@ public final class LineFormat: WireFormat {
     public static let shared = LineFormat()
 
     public func render(_ event: HubEvent) -> ByteBuffer? {
-        ByteBuffer(string: Self.text(of: event) + "\n")
+        Self.text(of: event).map { ByteBuffer(string: $0 + "\n") }
     }
 
-    public static func text(of event: HubEvent) -> String {
+    /// nil for events the line protocol does not show (away and account changes of others).
+    public static func text(of event: HubEvent) -> String? {
         switch event {
+        case .awayChanged, .accountChanged:
+            return nil
         case .message(let message):
             switch message.kind {
             case .say, .notice: return "MSG \(message.room) \(message.sender.name): \(message.text)"

@@ -82,7 +82,7 @@ struct PlainHasher: PasswordHasher {
         #expect(a.name != b.name)
         #expect(hub.members(of: "#lobby")?.map(\.id) == [a.id, b.id])
         #expect(sinkA.lines.contains("\(HubEvent.joined(room: "#lobby", who: b.speaker))"))
-        #expect(b.speaker == Speaker(name: b.name, user: b.name, host: "127.0.0.1", account: nil))
+        #expect(b.speaker == Speaker(name: b.name, user: b.name, host: "127.0.0.1", account: nil, realName: b.name))
     }
 
     @Test func roomMessagesReachMembersOnlyAndTheSenderLast() throws {

@@ -411,3 +411,32 @@ import Testing
         }
     }
 }
+
+@Suite(.timeLimit(.minutes(2))) struct IRCv3NotifyTests {
+    @Test func extendedJoinAccountTagAwayAndAccountNotify() async throws {
+        try await withServer { server in
+            _ = try await server.user("sam", password: "password1")
+            let watcher = try await IRCTestClient.connect(server)
+            try await watcher.send("CAP REQ :extended-join account-tag away-notify account-notify")
+            try await watcher.send("NICK wat")
+            try await watcher.send("USER wat 0 * :Watcher")
+            try await watcher.send("CAP END")
+            _ = try await watcher.readWelcome()
+            try await watcher.send("JOIN #news")
+            _ = try await watcher.expect("366")
+            let sam = try await IRCTestClient.connect(server)
+            try await sam.register("xx", pass: "sam:password1")
+            try await sam.send("JOIN #news")
+            let join = try await watcher.expect("JOIN")
+            #expect(join.params == ["#news", "sam", "The real xx"])
+            #expect(join.tag("account")?.value == "sam")
+            try await sam.send("AWAY :lunch")
+            #expect(try await watcher.expect("AWAY").serialized() == "@account=sam :sam!xx@127.0.0.1 AWAY lunch")
+            try await sam.send("AWAY")
+            #expect(try await watcher.expect("AWAY").params == [])
+            try await sam.send("PRIVMSG NickServ :LOGOUT")
+            let account = try await watcher.expect("ACCOUNT")
+            #expect(account.params == ["*"])
+        }
+    }
+}

@@ -23,7 +23,11 @@ class ParleyController(BaseServerController, DirectoryBasedController):
     supports_sts = False
     capabilities = frozenset(
         (
+            Capabilities.ACCOUNT_NOTIFY,
+            Capabilities.ACCOUNT_TAG,
+            Capabilities.AWAY_NOTIFY,
             Capabilities.ECHO_MESSAGE,
+            Capabilities.EXTENDED_JOIN,
             Capabilities.MULTI_PREFIX,
             Capabilities.SERVER_TIME,
         )
