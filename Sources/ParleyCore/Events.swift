@@ -5,6 +5,18 @@ public enum MessageKind: Sendable, Equatable {
     case action
     /// IRC's NOTICE: a message that must never be answered automatically.
     case notice
+    /// IRC's TAGMSG: tags only (a reaction, a typing notice); doors without tags do not show it.
+    case tagOnly
+}
+
+/// A client-only tag (IRCv3 `+name=value`) carried with a message to recipients that understand tags.
+public struct MessageTag: Sendable, Equatable {
+    public let key: String
+    public let value: String?
+    public init(_ key: String, _ value: String?) {
+        self.key = key
+        self.value = value
+    }
 }
 
 /// Who did something, as every door may want to show it: IRC shows `name!user@host`.
@@ -32,14 +44,45 @@ public struct RoomMessage: Sendable, Equatable {
     /// Position in the room's total order: every member sees the room's messages in this order.
     public let sequence: UInt64
     public let time: Date
+    /// Server-assigned, unique (IRC msgid).
+    public let id: String
+    public let tags: [MessageTag]
 
-    public init(room: String, sender: Speaker, text: String, kind: MessageKind, sequence: UInt64, time: Date) {
+    public init(room: String, sender: Speaker, text: String, kind: MessageKind, sequence: UInt64, time: Date,
+                id: String = "", tags: [MessageTag] = []) {
         self.room = room
         self.sender = sender
         self.text = text
         self.kind = kind
         self.sequence = sequence
         self.time = time
+        self.id = id
+        self.tags = tags
+    }
+}
+
+public struct DirectMessage: Sendable, Equatable {
+    public let from: Speaker
+    /// The recipient's name.
+    public let to: String
+    public let text: String
+    public let kind: MessageKind
+    /// True on the copy sent back to the sender as its acknowledgement.
+    public let echo: Bool
+    public let time: Date
+    public let id: String
+    public let tags: [MessageTag]
+
+    public init(from: Speaker, to: String, text: String, kind: MessageKind, echo: Bool, time: Date = Date(),
+                id: String = "", tags: [MessageTag] = []) {
+        self.from = from
+        self.to = to
+        self.text = text
+        self.kind = kind
+        self.echo = echo
+        self.time = time
+        self.id = id
+        self.tags = tags
     }
 }
 
@@ -53,8 +96,7 @@ public enum GoodbyeReason: Sendable, Equatable {
 /// What the hub tells a session. Doors render these into their wire format; the hub never sees bytes.
 public enum HubEvent: Sendable, Equatable {
     case message(RoomMessage)
-    /// `echo` is true on the copy sent back to the sender as its acknowledgement.
-    case direct(from: Speaker, to: String, text: String, kind: MessageKind, echo: Bool)
+    case direct(DirectMessage)
     case joined(room: String, who: Speaker)
     case parted(room: String, who: Speaker, reason: String?)
     case renamed(old: Speaker, new: String)

@@ -77,6 +77,8 @@ public final class Hub: Sendable {
     let rooms = Mutex<[String: Room]>([:])
     private let nextSessionID = Atomic<Int>(1)
     private let nextGuestNumber = Atomic<Int>(1)
+    private let nextMessageNumber = Atomic<Int>(1)
+    private let messageIDPrefix = String(UInt64.random(in: 0...UInt64.max), radix: 36)
     /// A valid bcrypt hash of a random string: an unknown account costs as much to check as a known one.
     private let dummyHash = Mutex<String?>(nil)
 
@@ -433,9 +435,10 @@ public final class Hub: Sendable {
 
     /// Sends a message to a room the session is in. Every other member is handed it before the
     /// sender gets its echo, which is the sender's acknowledgement.
-    public func say(_ session: Session, room roomName: String, text: String, kind: MessageKind = .say) throws(HubError) {
+    public func say(_ session: Session, room roomName: String, text: String, kind: MessageKind = .say,
+                    tags: [MessageTag] = []) throws(HubError) {
         if config.requireLogin && !session.isLoggedIn { throw .loginRequired }
-        guard let text = NameRules.cleanText(text) else { throw .emptyMessage }
+        guard let text = kind == .tagOnly ? "" : NameRules.cleanText(text) else { throw .emptyMessage }
         let key = NameRules.key(roomName)
         guard let room = rooms.withLock({ $0[key] }) else { throw .noSuchRoom(roomName) }
         let isMember = session.roomKeys.contains(key)
@@ -450,22 +453,26 @@ public final class Hub: Sendable {
             }
             state.sequence += 1
             let message = RoomMessage(room: room.name, sender: sender, text: text, kind: kind,
-                                      sequence: state.sequence, time: Date())
+                                      sequence: state.sequence, time: Date(), id: newMessageID(), tags: tags)
             deliver(.message(message), to: state.members, last: session)
         }
         counters.messagesRelayed.add(1, ordering: .relaxed)
     }
 
     /// A direct message to every session of a name; the sender gets an echo after the recipients.
-    public func direct(_ session: Session, to name: String, text: String, kind: MessageKind = .say) throws(HubError) {
+    public func direct(_ session: Session, to name: String, text: String, kind: MessageKind = .say,
+                       tags: [MessageTag] = []) throws(HubError) {
         if config.requireLogin && !session.isLoggedIn { throw .loginRequired }
-        guard let text = NameRules.cleanText(text) else { throw .emptyMessage }
+        guard let text = kind == .tagOnly ? "" : NameRules.cleanText(text) else { throw .emptyMessage }
         let recipients = sessions(named: name)
         guard let first = recipients.first else { throw .noSuchUser(name) }
         let sender = session.speaker
-        deliver(.direct(from: sender, to: first.name, text: text, kind: kind, echo: false), to: recipients)
+        let message = DirectMessage(from: sender, to: first.name, text: text, kind: kind, echo: false,
+                                    id: newMessageID(), tags: tags)
+        deliver(.direct(message), to: recipients)
         if session.receivesOwnMessages {
-            deliver(.direct(from: sender, to: first.name, text: text, kind: kind, echo: true), to: [session])
+            deliver(.direct(DirectMessage(from: sender, to: first.name, text: text, kind: kind, echo: true,
+                                          time: message.time, id: message.id, tags: tags)), to: [session])
         }
         counters.messagesRelayed.add(1, ordering: .relaxed)
     }
@@ -641,6 +648,11 @@ public final class Hub: Sendable {
         guard var ids = registry.byName[key] else { return }
         ids.removeAll { $0 == id }
         registry.byName[key] = ids.isEmpty ? nil : ids
+    }
+
+    /// Unique for the life of the data directory's server run: a random prefix per start and a counter.
+    private func newMessageID() -> String {
+        "\(messageIDPrefix)-\(nextMessageNumber.wrappingAdd(1, ordering: .relaxed).oldValue)"
     }
 
     private func newGuestName() -> String {

@@ -31,6 +31,7 @@ enum IRCCapabilities {
     static let offered: [(name: String, value: String?)] = [
         ("account-notify", nil), ("account-tag", nil), ("away-notify", nil), ("cap-notify", nil),
         ("draft/account-registration", "before-connect"), ("echo-message", nil), ("extended-join", nil),
+        ("message-tags", nil),
         ("multi-prefix", nil), ("sasl", "PLAIN"), ("server-time", nil), ("standard-replies", nil),
         ("userhost-in-names", nil),
     ]
@@ -224,7 +225,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         "LIST": (0, false), "ISON": (1, false), "USERHOST": (1, false), "MOTD": (0, false),
         "LUSERS": (0, false), "VERSION": (0, false), "TIME": (0, false), "AWAY": (0, false),
         "KICK": (2, false), "INVITE": (2, false), "AUTHENTICATE": (1, true), "REGISTER": (3, true),
-        "OPER": (2, false), "KILL": (1, false),
+        "OPER": (2, false), "KILL": (1, false), "TAGMSG": (1, false),
     ]
 
     private func dispatch(_ message: IRCMessage, _ context: ChannelHandlerContext) {
@@ -266,7 +267,16 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             close(context, reason: reason)
         case "JOIN": join(params, context)
         case "PART": part(params, context)
-        case "PRIVMSG", "NOTICE": chat(message.command, params, context)
+        case "PRIVMSG", "NOTICE", "TAGMSG":
+            // Client-only tags (+name) travel with the message, for clients that negotiated message-tags.
+            let tags = capabilities.contains("message-tags")
+                ? message.tags.filter { $0.key.hasPrefix("+") }.map { MessageTag($0.key, $0.value) } : []
+            if message.command == "TAGMSG" {
+                guard capabilities.contains("message-tags") else { return }
+                chat(message.command, [params[0], ""], context, tags: tags)
+            } else {
+                chat(message.command, params, context, tags: tags)
+            }
         case "NAMES":
             if let channels = params.first {
                 for channel in channels.split(separator: ",") { names(String(channel), context) }
@@ -776,18 +786,18 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         }
     }
 
-    private func chat(_ command: String, _ params: [String], _ context: ChannelHandlerContext) {
+    private func chat(_ command: String, _ params: [String], _ context: ChannelHandlerContext, tags: [MessageTag] = []) {
         guard let session else { return }
         guard let targets = params.first, !targets.isEmpty else {
             numeric(context, "411", "No recipient given (\(command))")
             return
         }
-        guard params.count > 1, !params[1].isEmpty else {
+        guard command == "TAGMSG" || (params.count > 1 && !params[1].isEmpty) else {
             numeric(context, "412", "No text to send")
             return
         }
         var text = params[1]
-        var kind: MessageKind = command == "NOTICE" ? .notice : .say
+        var kind: MessageKind = command == "NOTICE" ? .notice : command == "TAGMSG" ? .tagOnly : .say
         if kind == .say, text.hasPrefix("\u{1}ACTION ") {
             kind = .action
             text = String(text.dropFirst(8))
@@ -800,10 +810,10 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             }
             do {
                 if target.hasPrefix("#") {
-                    try hub.say(session, room: target, text: text, kind: kind)
+                    try hub.say(session, room: target, text: text, kind: kind, tags: tags)
                 } else {
-                    try hub.direct(session, to: target, text: text, kind: kind)
-                    if kind != .notice, let away = hub.sessions(named: target).first?.away {
+                    try hub.direct(session, to: target, text: text, kind: kind, tags: tags)
+                    if kind == .say || kind == .action, let away = hub.sessions(named: target).first?.away {
                         numeric(context, "301", target, away)
                     }
                 }

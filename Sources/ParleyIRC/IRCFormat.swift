@@ -12,6 +12,7 @@ public struct IRCRenderOptions: Hashable, Sendable {
     public var extendedJoin = false
     public var awayNotify = false
     public var accountNotify = false
+    public var messageTags = false
     public init() {}
 
     public init(capabilities: Set<String>) {
@@ -20,6 +21,7 @@ public struct IRCRenderOptions: Hashable, Sendable {
         extendedJoin = capabilities.contains("extended-join")
         awayNotify = capabilities.contains("away-notify")
         accountNotify = capabilities.contains("account-notify")
+        messageTags = capabilities.contains("message-tags")
     }
 }
 
@@ -42,15 +44,24 @@ public final class IRCFormat: WireFormat {
         var tags: [IRCMessage.Tag] = []
         var time = Date()
         var speaker: Speaker?
+        var messageID: String?
+        var clientTags: [MessageTag] = []
         let message: IRCMessage
         switch event {
         case .message(let room):
+            if room.kind == .tagOnly && !options.messageTags { return nil }
             time = room.time
             speaker = room.sender
+            messageID = room.id
+            clientTags = room.tags
             message = Self.chat(from: room.sender, to: room.room, text: room.text, kind: room.kind)
-        case .direct(let from, let to, let text, let kind, _):
-            speaker = from
-            message = Self.chat(from: from, to: to, text: text, kind: kind)
+        case .direct(let direct):
+            if direct.kind == .tagOnly && !options.messageTags { return nil }
+            time = direct.time
+            speaker = direct.from
+            messageID = direct.id
+            clientTags = direct.tags
+            message = Self.chat(from: direct.from, to: direct.to, text: direct.text, kind: direct.kind)
         case .joined(let room, let who):
             speaker = who
             message = IRCMessage(source: Self.mask(who), "JOIN", options.extendedJoin ? [room, who.account ?? "*", who.realName] : [room])
@@ -87,6 +98,10 @@ public final class IRCFormat: WireFormat {
         if options.accountTag, let account = speaker?.account {
             tags.append(.init("account", account))
         }
+        if options.messageTags {
+            if let messageID, !messageID.isEmpty { tags.append(.init("msgid", messageID)) }
+            tags += clientTags.map { IRCMessage.Tag($0.key, $0.value) }
+        }
         var tagged = message
         tagged.tags = tags
         return tagged
@@ -97,6 +112,7 @@ public final class IRCFormat: WireFormat {
         case .say: return IRCMessage(source: mask(from), "PRIVMSG", [target, text])
         case .action: return IRCMessage(source: mask(from), "PRIVMSG", [target, "\u{1}ACTION \(text)\u{1}"])
         case .notice: return IRCMessage(source: mask(from), "NOTICE", [target, text])
+        case .tagOnly: return IRCMessage(source: mask(from), "TAGMSG", [target])
         }
     }
 

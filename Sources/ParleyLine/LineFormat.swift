@@ -14,14 +14,18 @@ public final class LineFormat: WireFormat {
         switch event {
         case .awayChanged, .accountChanged:
             return nil
+        case .message(let message) where message.kind == .tagOnly:
+            return nil
+        case .direct(let message) where message.kind == .tagOnly:
+            return nil
         case .message(let message):
             switch message.kind {
-            case .say, .notice: return "MSG \(message.room) \(message.sender.name): \(message.text)"
+            case .say, .notice, .tagOnly: return "MSG \(message.room) \(message.sender.name): \(message.text)"
             case .action: return "ACTION \(message.room) \(message.sender.name) \(message.text)"
             }
-        case .direct(let from, let to, let text, let kind, let echo):
-            let text = kind == .action ? "* \(from.name) \(text)" : text
-            return echo ? "DM to \(to): \(text)" : "DM from \(from.name): \(text)"
+        case .direct(let message):
+            let text = message.kind == .action ? "* \(message.from.name) \(message.text)" : message.text
+            return message.echo ? "DM to \(message.to): \(text)" : "DM from \(message.from.name): \(text)"
         case .joined(let room, let who):
             return "JOIN \(room) \(who.name)"
         case .parted(let room, let who, let reason):

@@ -440,3 +440,31 @@ import Testing
         }
     }
 }
+
+@Suite(.timeLimit(.minutes(2))) struct IRCMessageTagsTests {
+    @Test func messageIDsAndClientTagsReachTaggedClientsOnly() async throws {
+        try await withServer { server in
+            let tagged = try await IRCTestClient.connect(server)
+            try await tagged.send("CAP REQ :message-tags echo-message")
+            try await tagged.send("NICK tam")
+            try await tagged.send("USER tam 0 * :Tam")
+            try await tagged.send("CAP END")
+            _ = try await tagged.readWelcome()
+            let plain = try await IRCTestClient.connect(server)
+            try await plain.register("pat")
+            for client in [tagged, plain] {
+                try await client.send("JOIN #t")
+                _ = try await client.expect("366")
+            }
+            try await tagged.send("@+draft/react=👍;+x=y TAGMSG #t")
+            let echo = try await tagged.expect("TAGMSG")
+            #expect(echo.tag("+draft/react")?.value == "👍" && echo.tag("msgid") != nil)
+            try await tagged.send("@+x=1 PRIVMSG #t :hello")
+            let message = try await plain.expect("PRIVMSG")
+            #expect(message.tags.isEmpty && message.params == ["#t", "hello"])
+            let own = try await tagged.expect("PRIVMSG")
+            #expect(own.tag("+x")?.value == "1")
+            #expect(own.tag("msgid")?.value != echo.tag("msgid")?.value)
+        }
+    }
+}

@@ -22,8 +22,8 @@ import ParleyCore
     }
 
     @Test func directMessagesAndEchoes() {
-        #expect(render(.direct(from: alice, to: "bob", text: "psst", kind: .say, echo: false)) == "DM from alice: psst\n")
-        #expect(render(.direct(from: alice, to: "bob", text: "psst", kind: .say, echo: true)) == "DM to bob: psst\n")
+        #expect(render(.direct(DirectMessage(from: alice, to: "bob", text: "psst", kind: .say, echo: false))) == "DM from alice: psst\n")
+        #expect(render(.direct(DirectMessage(from: alice, to: "bob", text: "psst", kind: .say, echo: true))) == "DM to bob: psst\n")
     }
 
     @Test func membershipAndNotices() {
