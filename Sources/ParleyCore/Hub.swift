@@ -435,15 +435,18 @@ public final class Hub: Sendable {
 
     /// Sends a message to a room the session is in. Every other member is handed it before the
     /// sender gets its echo, which is the sender's acknowledgement.
+    /// `echo: false`: the door acknowledges the message itself (IRC labeled-response), so the hub
+    /// sends no copy back to the sender. Returns the message as numbered and published.
+    @discardableResult
     public func say(_ session: Session, room roomName: String, text: String, kind: MessageKind = .say,
-                    tags: [MessageTag] = []) throws(HubError) {
+                    tags: [MessageTag] = [], echo: Bool = true) throws(HubError) -> RoomMessage {
         if config.requireLogin && !session.isLoggedIn { throw .loginRequired }
         guard let text = kind == .tagOnly ? "" : NameRules.cleanText(text) else { throw .emptyMessage }
         let key = NameRules.key(roomName)
         guard let room = rooms.withLock({ $0[key] }) else { throw .noSuchRoom(roomName) }
         let isMember = session.roomKeys.contains(key)
         let sender = session.speaker
-        try room.state.withLock { (state) throws(HubError) in
+        let published: RoomMessage = try room.state.withLock { (state) throws(HubError) in
             if !isMember && state.settings.noExternal { throw .notInRoom(room.name) }
             if state.settings.moderated && !state.settings.operators.contains(session.id) && !state.settings.voiced.contains(session.id) {
                 throw .moderated(room.name)
@@ -454,14 +457,17 @@ public final class Hub: Sendable {
             state.sequence += 1
             let message = RoomMessage(room: room.name, sender: sender, text: text, kind: kind,
                                       sequence: state.sequence, time: Date(), id: newMessageID(), tags: tags)
-            deliver(.message(message), to: state.members, last: session)
+            deliver(.message(message), to: state.members, last: session, deliverLast: echo)
+            return message
         }
         counters.messagesRelayed.add(1, ordering: .relaxed)
+        return published
     }
 
     /// A direct message to every session of a name; the sender gets an echo after the recipients.
+    @discardableResult
     public func direct(_ session: Session, to name: String, text: String, kind: MessageKind = .say,
-                       tags: [MessageTag] = []) throws(HubError) {
+                       tags: [MessageTag] = [], echo: Bool = true) throws(HubError) -> DirectMessage {
         if config.requireLogin && !session.isLoggedIn { throw .loginRequired }
         guard let text = kind == .tagOnly ? "" : NameRules.cleanText(text) else { throw .emptyMessage }
         let recipients = sessions(named: name)
@@ -470,11 +476,13 @@ public final class Hub: Sendable {
         let message = DirectMessage(from: sender, to: first.name, text: text, kind: kind, echo: false,
                                     id: newMessageID(), tags: tags)
         deliver(.direct(message), to: recipients)
-        if session.receivesOwnMessages {
-            deliver(.direct(DirectMessage(from: sender, to: first.name, text: text, kind: kind, echo: true,
-                                          time: message.time, id: message.id, tags: tags)), to: [session])
+        let copy = DirectMessage(from: sender, to: first.name, text: text, kind: kind, echo: true,
+                                 time: message.time, id: message.id, tags: tags)
+        if echo && session.receivesOwnMessages {
+            deliver(.direct(copy), to: [session])
         }
         counters.messagesRelayed.add(1, ordering: .relaxed)
+        return copy
     }
 
     /// A server notice to everyone connected.
@@ -676,7 +684,7 @@ public final class Hub: Sendable {
 
     /// Hands an event to recipients: rendered once per wire format, one task per event loop,
     /// each recipient flushed once. `last`, when given, is handed its copy after everyone else.
-    func deliver(_ event: HubEvent, to recipients: [Session], last: Session? = nil) {
+    func deliver(_ event: HubEvent, to recipients: [Session], last: Session? = nil, deliverLast: Bool = true) {
         var rendered: [(format: ObjectIdentifier, bytes: ByteBuffer?)] = []
         var batches: [(loop: any EventLoop, items: [(any SessionSink, ByteBuffer)])] = []
         var count = 0
@@ -702,7 +710,7 @@ public final class Hub: Sendable {
         }
 
         for recipient in recipients where recipient !== last { add(recipient) }
-        if let last, last.receivesOwnMessages {
+        if let last, deliverLast, last.receivesOwnMessages {
             add(last)
             // The sender's loop goes last, so its echo is submitted after every other copy.
             let loopID = ObjectIdentifier(last.sink.eventLoop)

@@ -31,7 +31,7 @@ enum IRCCapabilities {
     static let offered: [(name: String, value: String?)] = [
         ("account-notify", nil), ("account-tag", nil), ("away-notify", nil), ("cap-notify", nil),
         ("draft/account-registration", "before-connect"), ("echo-message", nil), ("extended-join", nil),
-        ("message-tags", nil),
+        ("labeled-response", nil), ("message-tags", nil), ("batch", nil),
         ("multi-prefix", nil), ("sasl", "PLAIN"), ("server-time", nil), ("standard-replies", nil),
         ("userhost-in-names", nil),
     ]
@@ -72,7 +72,13 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     private var graceTimer: Scheduled<Void>?
 
     // Flow control and keep-alive.
-    private var awaitingCommand = false
+    /// Work this connection waits for (a slow command, replies queued behind hub events); no further
+    /// line is handled until it is done.
+    private var pendingWork = 0
+    /// IRCv3 labeled-response: the label of the command being handled and the replies it produced.
+    private var label: String?
+    private var labeledReplies: [IRCMessage] = []
+    private var nextBatchNumber = 1
     private var floodPaused = false
     private var readPending = false
     private var flood: FloodBucket
@@ -88,7 +94,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         self.flood = FloodBucket(burst: config.floodBurst, rate: config.floodRate)
     }
 
-    private var paused: Bool { awaitingCommand || floodPaused }
+    private var paused: Bool { pendingWork > 0 || floodPaused }
     private var closing: Bool { sink?.isClosing ?? true }
     private var currentNick: String { session?.name ?? nick ?? "*" }
 
@@ -211,7 +217,39 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             numeric(context, "421", String(line.prefix(32)), "Unknown command")
             return
         }
+        if capabilities.contains("labeled-response"), let value = message.tag("label")?.value {
+            label = value
+            labeledReplies = []
+        }
         dispatch(message, context)
+        finishLabeledResponse(context)
+    }
+
+    /// Sends a labeled command's replies once it is done: ACK for none, the label on a single reply,
+    /// a labeled-response batch around several.
+    private func finishLabeledResponse(_ context: ChannelHandlerContext) {
+        guard pendingWork == 0, let label else { return }
+        self.label = nil
+        let replies = labeledReplies
+        labeledReplies = []
+        let labelTag = IRCMessage.Tag("label", label)
+        switch replies.count {
+        case 0:
+            write(context, IRCMessage(tags: [labelTag], source: config.serverName, "ACK"))
+        case 1:
+            var reply = replies[0]
+            reply.tags.insert(labelTag, at: 0)
+            write(context, reply)
+        default:
+            let id = "lr\(nextBatchNumber)"
+            nextBatchNumber += 1
+            write(context, IRCMessage(tags: [labelTag], source: config.serverName, "BATCH", ["+" + id, "labeled-response"]))
+            for var reply in replies {
+                reply.tags.insert(.init("batch", id), at: 0)
+                write(context, reply)
+            }
+            write(context, IRCMessage(source: config.serverName, "BATCH", ["-" + id]))
+        }
     }
 
     // MARK: Commands
@@ -399,7 +437,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     /// Registration ends once NICK and USER are in and CAP negotiation (if any) has ended. A PASS of
     /// the form `account:password` logs in first, and then the nick is the account's name.
     private func completeRegistration(_ context: ChannelHandlerContext) {
-        guard session == nil, !awaitingCommand, let wantedNick = nick, let userName, !capNegotiating else { return }
+        guard session == nil, pendingWork == 0, let wantedNick = nick, let userName, !capNegotiating else { return }
         let hub = self.hub
         let address = self.address
         let login = password.flatMap { pass -> (String, String)? in
@@ -809,10 +847,16 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
                 continue
             }
             do {
+                // A labeled message's echo is this command's response, so it carries the label: the
+                // door sends it instead of the hub.
+                let echoHere = label != nil && capabilities.contains("echo-message")
+                let format = formats.format(IRCRenderOptions(capabilities: capabilities))
                 if target.hasPrefix("#") {
-                    try hub.say(session, room: target, text: text, kind: kind, tags: tags)
+                    let message = try hub.say(session, room: target, text: text, kind: kind, tags: tags, echo: !echoHere)
+                    if echoHere, let echo = format.message(for: .message(message)) { send(context, echo) }
                 } else {
-                    try hub.direct(session, to: target, text: text, kind: kind, tags: tags)
+                    let message = try hub.direct(session, to: target, text: text, kind: kind, tags: tags, echo: !echoHere)
+                    if echoHere, let echo = format.message(for: .direct(message)) { send(context, echo) }
                     if kind == .say || kind == .action, let away = hub.sessions(named: target).first?.away {
                         numeric(context, "301", target, away)
                     }
@@ -1069,13 +1113,14 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     /// events for the same command (NAMES after JOIN) go through here.
     /// No further line is handled meanwhile, so replies stay in command order.
     private func afterQueuedEvents(_ context: ChannelHandlerContext, _ body: @escaping (IRCConnectionHandler, ChannelHandlerContext) -> Void) {
-        awaitingCommand = true
+        pendingWork += 1
         let bound = NIOLoopBound((self, context, body), eventLoop: context.eventLoop)
         context.eventLoop.execute {
             let (handler, context, body) = bound.value
-            handler.awaitingCommand = false
+            handler.pendingWork -= 1
             guard !handler.closing else { return }
             body(handler, context)
+            handler.finishLabeledResponse(context)
             handler.flushIfNeeded(context)
             handler.resume(context)
         }
@@ -1091,7 +1136,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             handler.numeric(context, "FAIL", error.message)
         }
     ) {
-        awaitingCommand = true
+        pendingWork += 1
         let bound = NIOLoopBound((self, context, success, failure), eventLoop: context.eventLoop)
         let loop = context.eventLoop
         Task {
@@ -1103,12 +1148,13 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             }
             loop.execute {
                 let (handler, context, success, failure) = bound.value
-                handler.awaitingCommand = false
+                handler.pendingWork -= 1
                 guard !handler.closing else { return }
                 switch result {
                 case .success(let value): success(handler, context, value)
                 case .failure(let error): failure(handler, context, error)
                 }
+                handler.finishLabeledResponse(context)
                 handler.flushIfNeeded(context)
                 handler.resume(context)
             }
@@ -1129,6 +1175,14 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
 
     private func send(_ context: ChannelHandlerContext, _ message: IRCMessage) {
         guard !closing else { return }
+        if label != nil {
+            labeledReplies.append(message)
+            return
+        }
+        write(context, message)
+    }
+
+    private func write(_ context: ChannelHandlerContext, _ message: IRCMessage) {
         context.write(wrapOutboundOut(ByteBuffer(string: message.serialized() + "\r\n")), promise: nil)
         wroteSinceFlush = true
         sink?.enforceOutboundLimit()

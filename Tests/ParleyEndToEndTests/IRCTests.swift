@@ -468,3 +468,40 @@ import Testing
         }
     }
 }
+
+@Suite(.timeLimit(.minutes(2))) struct IRCLabeledResponseTests {
+    @Test func labelsOnSingleRepliesBatchesAndAcks() async throws {
+        try await withServer { server in
+            let lab = try await IRCTestClient.connect(server)
+            try await lab.send("CAP REQ :labeled-response batch echo-message")
+            try await lab.send("NICK lab")
+            try await lab.send("USER lab 0 * :Lab")
+            try await lab.send("CAP END")
+            _ = try await lab.readWelcome()
+            try await lab.send("@label=p1 PING :tok")
+            #expect(try await lab.next().serialized() == "@label=p1 :parley.test PONG parley.test tok")
+            try await lab.send("@label=a1 PONG :x")
+            #expect(try await lab.next().serialized() == "@label=a1 :parley.test ACK")
+            try await lab.send("JOIN #l")
+            _ = try await lab.expect("366")
+            try await lab.send("@label=m1 PRIVMSG #l :hi")
+            let echo = try await lab.next()
+            #expect(echo.tag("label")?.value == "m1" && echo.command == "PRIVMSG" && echo.params == ["#l", "hi"])
+            try await lab.send("@label=w1 WHOIS lab")
+            let start = try await lab.next()
+            #expect(start.command == "BATCH" && start.tag("label")?.value == "w1" && start.params.last == "labeled-response")
+            let id = String(start.params[0].dropFirst())
+            var inside: [IRCMessage] = []
+            while true {
+                let message = try await lab.next()
+                if message.command == "BATCH" {
+                    #expect(message.params == ["-" + id])
+                    break
+                }
+                #expect(message.tag("batch")?.value == id)
+                inside.append(message)
+            }
+            #expect(inside.first?.command == "311" && inside.last?.command == "318")
+        }
+    }
+}
