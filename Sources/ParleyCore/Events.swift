@@ -99,6 +99,8 @@ public enum HubEvent: Sendable, Equatable {
     case direct(DirectMessage)
     case joined(room: String, who: Speaker)
     case parted(room: String, who: Speaker, reason: String?)
+    /// `who` disconnected; sent once to everyone who shared a room with it.
+    case quit(who: Speaker, reason: String?)
     case renamed(old: Speaker, new: String)
     case topicChanged(room: String, by: Speaker, text: String)
     case modesChanged(room: String, by: Speaker, changes: [ModeChange])

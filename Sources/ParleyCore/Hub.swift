@@ -140,8 +140,10 @@ public final class Hub: Sendable {
             return (speaker, roomKeys, registry.accepting)
         }
         counters.activeSessions.subtract(1, ordering: .relaxed)
+        // One QUIT to each peer, not one PART per shared room.
+        if accepting { deliver(.quit(who: speaker, reason: reason), to: roomPeers(of: session, roomKeys: roomKeys)) }
         for key in roomKeys {
-            leaveRoom(session, key: key, who: speaker, reason: reason, notify: accepting)
+            leaveRoom(session, key: key, who: speaker, reason: reason, notify: false)
         }
     }
 
@@ -542,7 +544,23 @@ public final class Hub: Sendable {
     public func login(_ session: Session, name: String, password: String) async throws(HubError) {
         if let account = session.account { throw .alreadyLoggedIn(account) }
         let account = try await authenticate(name: name, password: password, address: session.address)
-        try rename(session, to: account, account: account)
+        try adopt(session, account: account)
+    }
+
+    /// Logs a session in to an account already authenticated (`authenticate`). It takes the account's
+    /// name, unless `keepName` (IRC, where a nick may differ from the account).
+    public func adopt(_ session: Session, account: String, keepName: Bool = false) throws(HubError) {
+        if let current = session.account { throw .alreadyLoggedIn(current) }
+        try rename(session, to: keepName ? session.name : account, account: account)
+    }
+
+    /// Changes the name of a session, guest or logged in (IRC NICK): the name must be free online and
+    /// not another account's.
+    public func changeNick(_ session: Session, to name: String) async throws(HubError) {
+        if let error = NameRules.validateName(name) { throw error }
+        let ownAccount = session.account.map(NameRules.key)
+        if NameRules.key(name) != ownAccount, try await accountExists(name) { throw .nameTaken(name) }
+        try rename(session, to: name, account: session.account, onlyIfFree: true)
     }
 
     /// Checks an account's password (throttled per account and per address) without a session, for

@@ -42,6 +42,7 @@ public struct RoomTopic: Equatable, Sendable {
 /// A room's modes, topic and privileges. A plain value inside the room's lock; the rules of who may
 /// do what live in the hub.
 public struct RoomSettings: Equatable, Sendable {
+    public var createdAt = Date()
     public var topic: RoomTopic?
     public var topicLocked = true
     public var noExternal = true

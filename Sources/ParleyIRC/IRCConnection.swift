@@ -297,7 +297,14 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             }
         case "PING":
             guard let token = params.first else { numeric(context, "409", "No origin specified"); return }
-            send(context, IRCMessage(source: config.serverName, "PONG", [config.serverName, token]))
+            // After everything already queued for this client: a PING is how clients (and irctest)
+            // know that the effects of their earlier commands have all arrived.
+            let pong = IRCMessage(source: config.serverName, "PONG", [config.serverName, token])
+            if session != nil {
+                afterQueuedEvents(context) { handler, context in handler.send(context, pong) }
+            } else {
+                send(context, pong)
+            }
         case "PONG": return
         case "QUIT":
             let reason = params.first.map { "Quit: \($0)" } ?? "Quit"
@@ -317,7 +324,9 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             }
         case "NAMES":
             if let channels = params.first {
-                for channel in channels.split(separator: ",") { names(String(channel), context) }
+                // One 366 for the whole request, with the list as asked.
+                for channel in channels.split(separator: ",") { names(String(channel), context, endOfList: false) }
+                numeric(context, "366", channels, "End of /NAMES list")
             } else {
                 numeric(context, "366", "*", "End of /NAMES list")
             }
@@ -361,7 +370,15 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         default:
             numeric(context, "421", message.command, "Unknown command")
         }
+        // Events this command caused for this client (a MODE, a TOPIC, an echo) are queued on the loop;
+        // the next command's replies must not overtake them.
+        if session != nil, pendingWork == 0, Self.causesEvents.contains(message.command)
+            || (capabilities.contains("echo-message") && ["PRIVMSG", "NOTICE", "TAGMSG"].contains(message.command)) {
+            afterQueuedEvents(context) { _, _ in }
+        }
     }
+
+    private static let causesEvents: Set<String> = ["JOIN", "PART", "MODE", "TOPIC", "KICK", "INVITE", "NICK", "AWAY", "KILL"]
 
     private func capability(_ params: [String], _ context: ChannelHandlerContext) {
         let subcommand = params[0].uppercased()
@@ -412,19 +429,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             completeRegistration(context)
             return
         }
-        if NameRules.key(wanted) == NameRules.key(session.name), wanted != session.name, session.account == nil {
-            // Only the case changes: no one else can hold this name.
-            runSlowCommand(context) { [hub] () throws(HubError) in
-                try await hub.changeGuestName(session, to: wanted)
-            }
-            return
-        }
-        if let account = session.account {
-            numeric(context, "432", wanted, "You are logged in as \(account); your nick is your account name")
-            return
-        }
         runSlowCommand(context) { [hub] () throws(HubError) in
-            try await hub.changeGuestName(session, to: wanted)
+            try await hub.changeNick(session, to: wanted)
         } onError: { handler, context, error in
             if case .nameTaken = error {
                 handler.numeric(context, "433", wanted, "Nickname is already in use")
@@ -435,7 +441,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     }
 
     /// Registration ends once NICK and USER are in and CAP negotiation (if any) has ended. A PASS of
-    /// the form `account:password` logs in first, and then the nick is the account's name.
+    /// the form `account:password` logs in first; the client keeps its nick unless that nick is
+    /// another account's (then it gets its account's name).
     private func completeRegistration(_ context: ChannelHandlerContext) {
         guard session == nil, pendingWork == 0, let wantedNick = nick, let userName, !capNegotiating else { return }
         let hub = self.hub
@@ -447,11 +454,17 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         password = nil
         let preAccount = self.preAccount
         runSlowCommand(context) { () throws(HubError) -> RegistrationOutcome in
-            if let preAccount { return .loggedIn(preAccount) }
-            if let (account, secret) = login {
-                return .loggedIn(try await hub.authenticate(name: account, password: secret, address: address))
+            var account = preAccount
+            if account == nil, let (name, secret) = login {
+                account = try await hub.authenticate(name: name, password: secret, address: address)
             }
-            return try await hub.accountExists(wantedNick) ? .reservedNick : .guest
+            let nickIsAnAccount = try await hub.accountExists(wantedNick)
+            if let account {
+                // A logged-in user keeps the nick it asked for, unless that nick is another account's.
+                let othersNick = nickIsAnAccount && NameRules.key(wantedNick) != NameRules.key(account)
+                return .loggedIn(account: account, nick: othersNick ? account : wantedNick)
+            }
+            return nickIsAnAccount ? .reservedNick : .guest
         } then: { handler, context, outcome in
             handler.finishRegistration(context, outcome: outcome, wantedNick: wantedNick, userName: userName)
         } onError: { handler, context, error in
@@ -467,7 +480,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     enum RegistrationOutcome: Sendable {
         case guest
         case reservedNick
-        case loggedIn(String)
+        case loggedIn(account: String, nick: String)
     }
 
     private func finishRegistration(_ context: ChannelHandlerContext, outcome: RegistrationOutcome, wantedNick: String, userName: String) {
@@ -476,8 +489,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         switch outcome {
         case .reservedNick, .guest:
             name = wantedNick
-        case .loggedIn(let accountName):
-            name = accountName
+        case .loggedIn(let accountName, let nick):
+            name = nick
             account = accountName
         }
         guard let sink else { return }
@@ -535,6 +548,11 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             return
         }
         if argument != "+" { buffer += argument }
+        guard buffer.utf8.count <= 8192 else {
+            saslBuffer = nil
+            numeric(context, "905", "SASL message too long")
+            return
+        }
         guard argument.utf8.count < 400 else {
             // A full 400-byte piece: more follows.
             saslBuffer = buffer
@@ -562,15 +580,21 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         let address = self.address
         let session = self.session
         runSlowCommand(context) { () throws(HubError) -> String in
-            if let session {
-                try await hub.login(session, name: account, password: password)
-                return session.account ?? account
-            }
+            if let current = session?.account { throw .alreadyLoggedIn(current) }
             return try await hub.authenticate(name: account, password: password, address: address)
         } then: { handler, context, name in
-            if handler.session == nil { handler.preAccount = name }
+            // An IRC user keeps its nick when it logs in; the account is what changes.
             handler.loggedInNumeric(context, account: name)
             success(handler, context, name)
+            if let session {
+                do throws(HubError) {
+                    try hub.adopt(session, account: name, keepName: true)
+                } catch {
+                    handler.numeric(context, "FAIL", error.message)
+                }
+            } else {
+                handler.preAccount = name
+            }
         } onError: { handler, context, _ in
             failure(handler, context)
         }
@@ -591,6 +615,11 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         }
         if isLoggedIn {
             send(context, IRCMessage(source: config.serverName, "FAIL", ["REGISTER", "ALREADY_AUTHENTICATED", name, "You are already logged in"]))
+            return
+        }
+        if let session, NameRules.key(name) != NameRules.key(session.name) {
+            send(context, IRCMessage(source: config.serverName, "FAIL", ["REGISTER", "ACCOUNT_NAME_MUST_BE_NICK", name,
+                                                                         "Register your current nick, \(session.name), or change nick first"]))
             return
         }
         let hub = self.hub
@@ -744,7 +773,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         [
             "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANMODES=b,k,l,imnt", "CHANNELLEN=\(NameRules.roomLength.upperBound + 1)",
             "CHANTYPES=#", "HOSTLEN=64", "MAXTARGETS=4", "MODES=4", "NETWORK=\(config.network)",
-            "NICKLEN=\(NameRules.nameLength.upperBound)", "PREFIX=(ov)@+", "TARGMAX=JOIN:,NAMES:,PART:,PRIVMSG:4,NOTICE:4,WHOIS:1",
+            "NICKLEN=\(NameRules.nameLength.upperBound)", "PREFIX=(ov)@+", "TARGMAX=JOIN:,KICK:,NAMES:,PART:,PRIVMSG:4,NOTICE:4,WHOIS:1",
             "TOPICLEN=300", "USERLEN=20", "UTF8ONLY",
         ]
     }
@@ -762,6 +791,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         numeric(context, "253", "0", "unknown connection(s)")
         numeric(context, "254", "\(hub.roomList().count)", "channels formed")
         numeric(context, "255", "I have \(users) clients and 0 servers")
+        numeric(context, "265", "\(users)", "\(users)", "Current local users \(users), max \(users)")
+        numeric(context, "266", "\(users)", "\(users)", "Current global users \(users), max \(users)")
     }
 
     private func motd(_ context: ChannelHandlerContext) {
@@ -861,6 +892,9 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
                         numeric(context, "301", target, away)
                     }
                 }
+            } catch where command == "NOTICE" {
+                // A NOTICE never gets an automatic reply, not even an error.
+                continue
             } catch .noSuchUser {
                 numeric(context, "401", target, "No such nick/channel")
             } catch .noSuchRoom, .badRoom {
@@ -875,9 +909,9 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         }
     }
 
-    private func names(_ channel: String, _ context: ChannelHandlerContext) {
+    private func names(_ channel: String, _ context: ChannelHandlerContext, endOfList: Bool = true) {
         guard let details = hub.details(of: channel) else {
-            numeric(context, "366", channel, "End of /NAMES list")
+            if endOfList { numeric(context, "366", channel, "End of /NAMES list") }
             return
         }
         let full = capabilities.contains("userhost-in-names")
@@ -888,7 +922,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         for chunk in IRCLimits.chunks(entries, budget: 400) {
             numeric(context, "353", "=", details.name, chunk.joined(separator: " "))
         }
-        numeric(context, "366", details.name, "End of /NAMES list")
+        if endOfList { numeric(context, "366", details.name, "End of /NAMES list") }
     }
 
     /// The membership prefix: the highest one, or all of them with multi-prefix.
@@ -906,6 +940,9 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         if mask.hasPrefix("#") {
             let details = hub.details(of: mask)
             rows = (details?.members ?? []).map { ($0.session, details?.name ?? mask, prefix(isOperator: $0.isOperator, isVoiced: $0.isVoiced)) }
+        } else if mask.contains("*") || mask.contains("?") {
+            let pattern = mask.contains("!") ? mask : mask + "!*@*"
+            rows = hub.allSessions().filter { RoomSettings.matches(mask: pattern, $0.speaker) }.map { ($0, "*", "") }
         } else {
             rows = hub.sessions(named: mask).prefix(1).map { ($0, "*", "") }
         }
@@ -1000,6 +1037,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             let (modes, arguments) = details.settings.modeSummary
             let isMember = details.members.contains { $0.session === session }
             numeric(context, "324", [room, modes] + (isMember ? arguments : []))
+            numeric(context, "329", room, String(Int(details.settings.createdAt.timeIntervalSince1970)))
             return
         }
         let parsed = Self.parseModes(params[1], arguments: Array(params.dropFirst(2)))
@@ -1061,22 +1099,26 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         return (changes, unknown)
     }
 
+    /// `KICK #a nick` , `KICK #a nick1,nick2` or `KICK #a,#b nick1,nick2` (pairs).
     private func kick(_ params: [String], _ context: ChannelHandlerContext) {
         guard let session else { return }
         let reason = params.count > 2 ? params[2] : nil
-        for target in params[1].split(separator: ",").map(String.init) {
+        let channels = params[0].split(separator: ",").map(String.init)
+        let targets = params[1].split(separator: ",").map(String.init)
+        for (index, target) in targets.enumerated() {
+            let channel = channels.count == targets.count ? channels[index] : channels.first ?? params[0]
             do {
-                try hub.kick(session, room: params[0], target: target, reason: reason)
+                try hub.kick(session, room: channel, target: target, reason: reason)
             } catch .noSuchRoom, .badRoom {
-                numeric(context, "403", params[0], "No such channel")
+                numeric(context, "403", channel, "No such channel")
             } catch .notInRoom {
-                numeric(context, "442", params[0], "You're not on that channel")
+                numeric(context, "442", channel, "You're not on that channel")
             } catch .needsOperator {
-                numeric(context, "482", params[0], "You're not channel operator")
+                numeric(context, "482", channel, "You're not channel operator")
             } catch .userNotInRoom {
-                numeric(context, "441", target, params[0], "They aren't on that channel")
+                numeric(context, "441", target, channel, "They aren't on that channel")
             } catch {
-                numeric(context, "403", params[0], error.message)
+                numeric(context, "403", channel, error.message)
             }
         }
     }

@@ -68,6 +68,9 @@ public final class IRCFormat: WireFormat {
         case .parted(let room, let who, let reason):
             speaker = who
             message = IRCMessage(source: Self.mask(who), "PART", reason.map { [room, $0] } ?? [room])
+        case .quit(let who, let reason):
+            speaker = who
+            message = IRCMessage(source: Self.mask(who), "QUIT", [reason ?? "Client Quit"])
         case .renamed(let old, let new):
             speaker = old
             message = IRCMessage(source: Self.mask(old), "NICK", [new])

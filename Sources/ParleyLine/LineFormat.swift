@@ -32,6 +32,8 @@ public final class LineFormat: WireFormat {
             return "PART \(room) \(who.name)" + (reason.map { " \($0)" } ?? "")
         case .renamed(let old, let new):
             return "NICK \(old.name) \(new)"
+        case .quit(let who, let reason):
+            return "QUIT \(who.name)" + (reason.map { " \($0)" } ?? "")
         case .topicChanged(let room, let by, let text):
             return "TOPIC \(room) \(by.name): \(text)"
         case .modesChanged(let room, let by, let changes):

@@ -249,7 +249,7 @@ struct PlainHasher: PasswordHasher {
         hub.disconnect(b)
         loop.run()
         #expect(hub.members(of: "#lobby")?.map(\.id) == [a.id])
-        #expect(sinkA.lines.filter { $0.contains("parted") }.count == 1)
+        #expect(sinkA.lines.filter { $0.contains("quit") }.count == 1)
         #expect(hub.kick(name: a.name, reason: "bye") == 1)
         loop.run()
         let closed = sinkA.closed.load(ordering: .relaxed)

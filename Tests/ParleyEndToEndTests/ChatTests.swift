@@ -188,14 +188,14 @@ import Testing
                 try await sender.send("\(i) \(text)")
                 _ = try await sender.expect(prefix: "MSG ")
                 // Everyone else keeps getting every message while the slow reader's queue fills.
-                let line = try await other.expect("MSG or PART") { $0.hasPrefix("MSG ") || $0.hasPrefix("PART ") }
-                if line.hasPrefix("PART ") {
+                let line = try await other.expect("MSG or QUIT") { $0.hasPrefix("MSG ") || $0.hasPrefix("QUIT ") }
+                if line.hasPrefix("QUIT ") {
                     partLine = line
                     _ = try await other.expect(prefix: "MSG ")
                 }
             }
-            if partLine == nil { partLine = try await other.expect(prefix: "PART ", timeout: .seconds(15)) }
-            #expect(partLine == "PART #lobby \(slowName)")
+            if partLine == nil { partLine = try await other.expect(prefix: "QUIT ", timeout: .seconds(15)) }
+            #expect(partLine == "QUIT \(slowName)")
             #expect(server.server.hub.members(of: "#lobby")?.contains { $0.name == slowName } == false)
             await slow.resumeReading()
             try await slow.waitForClose(timeout: .seconds(15))

@@ -26,7 +26,7 @@ import Testing
             #expect(console.execute("kick alice spamming") == .output(["kicked alice (1 connection)"]))
             #expect(try await alice.expect(prefix: "BYE ") == "BYE You were disconnected by the server operator: spamming")
             try await alice.waitForClose()
-            #expect(try await guest.expect(prefix: "PART ") == "PART #lobby alice")
+            #expect(try await guest.expect(prefix: "QUIT ") == "QUIT alice")
             #expect(console.execute("kick alice") == .output(["nobody called alice is connected"]))
 
             #expect(console.execute("dance") == .output(["unknown command \"dance\"; type help for the list"]))
