@@ -24,7 +24,21 @@ public final class HubCounters: Sendable {
     public let messagesRelayed = Atomic<Int>(0)
     /// Copies of events handed to recipients.
     public let deliveries = Atomic<Int>(0)
+    /// The most sessions connected at once since the start.
+    public let peakSessions = Atomic<Int>(0)
+    /// Connections that are not sessions yet (IRC clients still registering).
+    public let unregisteredConnections = Atomic<Int>(0)
     public init() {}
+
+    func sessionAdded() {
+        let active = activeSessions.add(1, ordering: .relaxed).newValue
+        var peak = peakSessions.load(ordering: .relaxed)
+        while active > peak {
+            let (exchanged, original) = peakSessions.compareExchange(expected: peak, desired: active, ordering: .relaxed)
+            if exchanged { break }
+            peak = original
+        }
+    }
 }
 
 public struct RoomInfo: Sendable, Equatable {
@@ -119,7 +133,7 @@ public final class Hub: Sendable {
             registry.byName[key, default: []].append(id)
         }
         counters.connectionsTotal.add(1, ordering: .relaxed)
-        counters.activeSessions.add(1, ordering: .relaxed)
+        counters.sessionAdded()
         if joinLobby { _ = try? join(session, room: config.lobby, key: nil, bypassModes: true) }
         return session
     }

@@ -102,6 +102,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
 
     public func channelActive(context: ChannelHandlerContext) {
         address = Self.describe(context.channel.remoteAddress)
+        hub.counters.unregisteredConnections.add(1, ordering: .relaxed)
         let serverName = config.serverName
         sink = ChannelSink(channel: context.channel, format: formats.format(IRCRenderOptions()),
                            closeGrace: config.closeGrace, receivesOwnMessages: false) { format in
@@ -121,6 +122,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
+        if session == nil { hub.counters.unregisteredConnections.subtract(1, ordering: .relaxed) }
         sink?.markClosed()
         registrationTimer?.cancel()
         graceTimer?.cancel()
@@ -506,6 +508,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             return
         }
         registrationTimer?.cancel()
+        hub.counters.unregisteredConnections.subtract(1, ordering: .relaxed)
         welcome(context)
         if case .reservedNick = outcome { startGracePeriod(context) }
     }
@@ -785,14 +788,17 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     }
 
     private func lusers(_ context: ChannelHandlerContext) {
-        let users = hub.counters.activeSessions.load(ordering: .relaxed)
+        let counters = hub.counters
+        let users = counters.activeSessions.load(ordering: .relaxed)
+        let peak = max(users, counters.peakSessions.load(ordering: .relaxed))
+        let operators = hub.allSessions().filter(\.isServerOperator).count
         numeric(context, "251", "There are \(users) users and 0 invisible on 1 servers")
-        numeric(context, "252", "0", "operator(s) online")
-        numeric(context, "253", "0", "unknown connection(s)")
+        numeric(context, "252", "\(operators)", "operator(s) online")
+        numeric(context, "253", "\(max(0, counters.unregisteredConnections.load(ordering: .relaxed)))", "unknown connection(s)")
         numeric(context, "254", "\(hub.roomList().count)", "channels formed")
         numeric(context, "255", "I have \(users) clients and 0 servers")
-        numeric(context, "265", "\(users)", "\(users)", "Current local users \(users), max \(users)")
-        numeric(context, "266", "\(users)", "\(users)", "Current global users \(users), max \(users)")
+        numeric(context, "265", "\(users)", "\(peak)", "Current local users \(users), max \(peak)")
+        numeric(context, "266", "\(users)", "\(peak)", "Current global users \(users), max \(peak)")
     }
 
     private func motd(_ context: ChannelHandlerContext) {
