@@ -345,6 +345,7 @@ public final class Hub: Sendable {
                 case .topicLock: state.settings.topicLocked = change.adding
                 case .noExternal: state.settings.noExternal = change.adding
                 case .moderated: state.settings.moderated = change.adding
+                case .secret: state.settings.secret = change.adding
                 case .inviteOnly:
                     state.settings.inviteOnly = change.adding
                     if !change.adding { state.settings.invited = [] }

@@ -3,7 +3,7 @@ import Foundation
 /// One channel-mode change, as IRC's MODE names them; the line door shows the same letters.
 public struct ModeChange: Equatable, Sendable {
     public enum Mode: Character, Sendable, CaseIterable {
-        case topicLock = "t", noExternal = "n", moderated = "m", inviteOnly = "i"
+        case topicLock = "t", noExternal = "n", moderated = "m", inviteOnly = "i", secret = "s"
         case key = "k", limit = "l", ban = "b", op = "o", voice = "v"
     }
     public var adding: Bool
@@ -48,6 +48,8 @@ public struct RoomSettings: Equatable, Sendable {
     public var noExternal = true
     public var moderated = false
     public var inviteOnly = false
+    /// Not listed (LIST, NAMES of the room) to those who are not in it.
+    public var secret = false
     public var key: String?
     public var limit: Int?
     public var bans: [String] = []
@@ -64,6 +66,7 @@ public struct RoomSettings: Equatable, Sendable {
         if inviteOnly { modes.append("i") }
         if moderated { modes.append("m") }
         if noExternal { modes.append("n") }
+        if secret { modes.append("s") }
         if topicLocked { modes.append("t") }
         if let key {
             modes.append("k")

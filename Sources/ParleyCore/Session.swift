@@ -58,6 +58,8 @@ public final class Session: Sendable {
         var away: String?
         /// A server operator (IRC OPER): may kick anywhere and disconnect anyone.
         var serverOperator = false
+        /// IRC user mode +i: hidden from WHO masks of users who share no room with it.
+        var invisible = false
         /// Room keys in join order.
         var rooms: [String] = []
         var connected = true
@@ -82,6 +84,10 @@ public final class Session: Sendable {
     public var receivesOwnMessages: Bool { sink.receivesOwnMessages }
     public var roomKeys: [String] { state.withLock { $0.rooms } }
     public var realName: String? { state.withLock { $0.realName } }
+    public var isInvisible: Bool {
+        get { state.withLock { $0.invisible } }
+        set { state.withLock { $0.invisible = newValue } }
+    }
     public var isServerOperator: Bool {
         get { state.withLock { $0.serverOperator } }
         set { state.withLock { $0.serverOperator = newValue } }

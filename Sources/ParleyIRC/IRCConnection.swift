@@ -332,7 +332,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             } else {
                 numeric(context, "366", "*", "End of /NAMES list")
             }
-        case "WHO": who(params.first, context)
+        case "WHO": who(params.first, fields: params.count > 1 ? params[1] : nil, context)
         case "WHOIS": whois(params.last ?? "", context)
         case "MODE": mode(params, context)
         case "TOPIC": topic(params, context)
@@ -766,7 +766,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         numeric(context, "001", "Welcome to the \(config.network) IRC network, \(nick)")
         numeric(context, "002", "Your host is \(config.serverName), running version \(config.version)")
         numeric(context, "003", "This server was created \(config.createdAt.formatted(.iso8601))")
-        send(context, IRCMessage(source: config.serverName, "004", [nick, config.serverName, config.version, "i", "biklmnotv", "bklov"]))
+        send(context, IRCMessage(source: config.serverName, "004", [nick, config.serverName, config.version, "i", "biklmnostv", "bklov"]))
         isupport(context)
         lusers(context)
         motd(context)
@@ -774,10 +774,10 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
 
     static func isupportTokens(_ config: IRCDoorConfig) -> [String] {
         [
-            "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANMODES=b,k,l,imnt", "CHANNELLEN=\(NameRules.roomLength.upperBound + 1)",
+            "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANMODES=b,k,l,imnst", "CHANNELLEN=\(NameRules.roomLength.upperBound + 1)",
             "CHANTYPES=#", "HOSTLEN=64", "MAXTARGETS=4", "MODES=4", "NETWORK=\(config.network)",
             "NICKLEN=\(NameRules.nameLength.upperBound)", "PREFIX=(ov)@+", "TARGMAX=JOIN:,KICK:,NAMES:,PART:,PRIVMSG:4,NOTICE:4,WHOIS:1",
-            "TOPICLEN=300", "USERLEN=20", "UTF8ONLY",
+            "TOPICLEN=300", "USERLEN=20", "UTF8ONLY", "WHOX",
         ]
     }
 
@@ -925,8 +925,13 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             prefix(isOperator: member.isOperator, isVoiced: member.isVoiced)
                 + (full ? IRCFormat.mask(member.session.speaker) : member.session.name)
         }
+        let isMember = details.members.contains { $0.session === session }
+        if details.settings.secret && !isMember {
+            if endOfList { numeric(context, "366", details.name, "End of /NAMES list") }
+            return
+        }
         for chunk in IRCLimits.chunks(entries, budget: 400) {
-            numeric(context, "353", "=", details.name, chunk.joined(separator: " "))
+            numeric(context, "353", details.settings.secret ? "@" : "=", details.name, chunk.joined(separator: " "))
         }
         if endOfList { numeric(context, "366", details.name, "End of /NAMES list") }
     }
@@ -937,7 +942,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         return capabilities.contains("multi-prefix") ? all : String(all.prefix(1))
     }
 
-    private func who(_ mask: String?, _ context: ChannelHandlerContext) {
+    /// WHO, and WHOX when `fields` is `%fields[,token]` (354 with the fields in the canonical order).
+    private func who(_ mask: String?, fields: String?, _ context: ChannelHandlerContext) {
         guard let mask else {
             numeric(context, "315", "*", "End of WHO list")
             return
@@ -948,14 +954,45 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             rows = (details?.members ?? []).map { ($0.session, details?.name ?? mask, prefix(isOperator: $0.isOperator, isVoiced: $0.isVoiced)) }
         } else if mask.contains("*") || mask.contains("?") {
             let pattern = mask.contains("!") ? mask : mask + "!*@*"
-            rows = hub.allSessions().filter { RoomSettings.matches(mask: pattern, $0.speaker) }.map { ($0, "*", "") }
+            let mine = Set(session?.roomKeys ?? [])
+            // Invisible users (+i) show in masked WHO only to those sharing a room with them.
+            rows = hub.allSessions()
+                .filter { RoomSettings.matches(mask: pattern, $0.speaker) }
+                .filter { !$0.isInvisible || $0 === session || !mine.isDisjoint(with: $0.roomKeys) }
+                .map { ($0, "*", "") }
         } else {
             rows = hub.sessions(named: mask).prefix(1).map { ($0, "*", "") }
         }
+        let whox = fields.flatMap { $0.hasPrefix("%") ? $0.dropFirst().split(separator: ",", maxSplits: 1, omittingEmptySubsequences: false) : nil }
         for (member, channel, prefix) in rows {
             let speaker = member.speaker
-            numeric(context, "352", channel, speaker.user, speaker.host, config.serverName, speaker.name,
-                    (member.away == nil ? "H" : "G") + (member.isServerOperator ? "*" : "") + prefix, "0 \(member.realName ?? speaker.name)")
+            let flags = (member.away == nil ? "H" : "G") + (member.isServerOperator ? "*" : "") + prefix
+            guard let whox else {
+                numeric(context, "352", channel, speaker.user, speaker.host, config.serverName, speaker.name,
+                        flags, "0 \(member.realName ?? speaker.name)")
+                continue
+            }
+            let wanted = Set(whox[0])
+            let token = whox.count > 1 ? String(whox[1]) : "0"
+            var values: [String] = []
+            for field in "tcuihsnfdlaor" where wanted.contains(field) {
+                switch field {
+                case "t": values.append(token)
+                case "c": values.append(channel)
+                case "u": values.append(speaker.user)
+                case "i": values.append(speaker.host)
+                case "h": values.append(speaker.host)
+                case "s": values.append(config.serverName)
+                case "n": values.append(speaker.name)
+                case "f": values.append(flags)
+                case "d": values.append("0")
+                case "l": values.append("0")
+                case "a": values.append(speaker.account ?? "0")
+                case "o": values.append("n/a")
+                default: values.append(member.realName ?? speaker.name)
+                }
+            }
+            numeric(context, "354", values)
         }
         numeric(context, "315", mask, "End of WHO list")
     }
@@ -995,10 +1032,24 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             return
         }
         if params.count == 1 {
-            numeric(context, "221", "+")
-        } else if params[1].contains(where: { $0 != "+" && $0 != "-" && $0 != "i" }) {
-            numeric(context, "501", "Unknown MODE flag")
+            numeric(context, "221", session.isInvisible ? "+i" : "+")
+            return
         }
+        var adding = true
+        var changed = ""
+        for flag in params[1] {
+            switch flag {
+            case "+": adding = true
+            case "-": adding = false
+            case "i":
+                guard session.isInvisible != adding else { continue }
+                session.isInvisible = adding
+                changed += (adding ? "+" : "-") + "i"
+            default:
+                numeric(context, "501", "Unknown MODE flag")
+            }
+        }
+        if !changed.isEmpty { send(context, IRCMessage(source: session.name, "MODE", [session.name, changed])) }
     }
 
     private func topic(_ params: [String], _ context: ChannelHandlerContext) {
@@ -1151,7 +1202,12 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
 
     private func list(_ context: ChannelHandlerContext) {
         numeric(context, "321", "Channel", "Users  Name")
-        for room in hub.roomList() { numeric(context, "322", room.name, "\(room.memberCount)", "") }
+        let mine = Set(session?.roomKeys ?? [])
+        for room in hub.roomList() {
+            // Secret rooms are listed only to their members.
+            if hub.details(of: room.name)?.settings.secret == true && !mine.contains(NameRules.key(room.name)) { continue }
+            numeric(context, "322", room.name, "\(room.memberCount)", "")
+        }
         numeric(context, "323", "End of /LIST")
     }
 

@@ -215,7 +215,11 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
                 let next = currentRoom.map { " You are now talking in \($0)." } ?? " You are in no room; /join one to talk."
                 replyAfterQueuedEvents(context, [LineReply.ok("leave", "You left \(left)." + next)])
             case .rooms:
-                let rooms = hub.roomList()
+                // Secret rooms (+s, set from IRC) are listed only to their members.
+                let mine = Set(session.roomKeys)
+                let rooms = hub.roomList().filter { room in
+                    hub.details(of: room.name)?.settings.secret != true || mine.contains(NameRules.key(room.name))
+                }
                 for room in rooms { reply(context, LineReply.room(room)) }
                 reply(context, LineReply.ok("rooms", "\(rooms.count) room\(rooms.count == 1 ? "" : "s")."))
             case .who(let room):

@@ -14,7 +14,7 @@ import Testing
             let isupport = burst.filter { $0.command == "005" }
             #expect(isupport.allSatisfy { $0.params.count <= 13 + 2 && $0.params.last == "are supported by this server" })
             let tokens = Set(isupport.flatMap { $0.params.dropFirst().dropLast() })
-            for token in ["CASEMAPPING=ascii", "CHANTYPES=#", "NICKLEN=20", "NETWORK=Parley", "UTF8ONLY", "PREFIX=(ov)@+", "CHANMODES=b,k,l,imnt"] {
+            for token in ["CASEMAPPING=ascii", "CHANTYPES=#", "NICKLEN=20", "NETWORK=Parley", "UTF8ONLY", "PREFIX=(ov)@+", "CHANMODES=b,k,l,imnst", "WHOX"] {
                 #expect(tokens.contains(token))
             }
             #expect(tokens.contains { $0.hasPrefix("CHANNELLEN=") } && tokens.contains { $0.hasPrefix("TOPICLEN=") })
@@ -511,6 +511,47 @@ import Testing
                 inside.append(message)
             }
             #expect(inside.first?.command == "311" && inside.last?.command == "318")
+        }
+    }
+}
+
+@Suite(.timeLimit(.minutes(2))) struct IRCVisibilityTests {
+    @Test func whoxSecretChannelsAndInvisibleUsers() async throws {
+        try await withServer { server in
+            let eve = try await IRCTestClient.connect(server)
+            try await eve.register("eve")
+            let sid = try await IRCTestClient.connect(server)
+            try await sid.register("sid")
+            try await sid.send("WHO eve %tna,42")
+            #expect(try await sid.next().params == ["sid", "42", "eve", "0"])
+            #expect(try await sid.next().command == "315")
+            try await eve.send("MODE eve +i")
+            #expect(try await eve.next().serialized() == ":eve MODE eve +i")
+            try await sid.send("WHO ev*")
+            #expect(try await sid.next().command == "315")
+            try await sid.send("WHO eve")
+            #expect(try await sid.next().command == "352")
+            try await eve.send("JOIN #hideout")
+            _ = try await eve.expect("366")
+            try await eve.send("MODE #hideout +s")
+            _ = try await eve.expect("MODE")
+            try await sid.send("LIST")
+            var listed: [String] = []
+            while true {
+                let reply = try await sid.next()
+                if reply.command == "323" { break }
+                if reply.command == "322" { listed.append(reply.params[1]) }
+            }
+            #expect(!listed.contains("#hideout"))
+            try await eve.send("LIST")
+            #expect(try await eve.expect("322").params[1] == "#hideout")
+            _ = try await eve.expect("323")
+            try await sid.send("NAMES #hideout")
+            #expect(try await sid.next().command == "366")
+            try await eve.send("NAMES #hideout")
+            #expect(try await eve.next().params == ["eve", "@", "#hideout", "@eve"])
+            let line = try await server.client()
+            #expect(try await line.listing("/rooms").contains { $0.hasPrefix("ROOM #hideout") } == false)
         }
     }
 }
