@@ -3,7 +3,8 @@
 public enum NameRules {
     public static let nameLength = 2...20
     public static let roomLength = 1...32
-    public static let passwordBytes = 8...72
+    /// Longer than bcrypt's 72 bytes is fine: the hasher folds long passwords into a SHA-256 first.
+    public static let passwordBytes = 8...1024
     public static let guestPrefix = "guest"
     /// Names of the server's own services.
     public static let reservedNames: Set<String> = ["nickserv", "chanserv", "server", "services", "operserv"]

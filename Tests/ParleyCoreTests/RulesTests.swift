@@ -32,7 +32,8 @@ import Testing
     @Test func passwordRules() {
         #expect(NameRules.validatePassword("12345678") == nil)
         #expect(NameRules.validatePassword("1234567") == .badPassword("A password must be at least 8 characters long."))
-        #expect(NameRules.validatePassword(String(repeating: "p", count: 73)) == .badPassword("A password may be at most 72 bytes long."))
+        #expect(NameRules.validatePassword(String(repeating: "p", count: 300)) == nil)
+        #expect(NameRules.validatePassword(String(repeating: "p", count: 1025)) == .badPassword("A password may be at most 1024 bytes long."))
     }
 
     @Test func namesCompareCaseInsensitively() {
