@@ -552,8 +552,9 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         }
         if argument != "+" { buffer += argument }
         guard buffer.utf8.count <= 8192 else {
+            // Far more than any PLAIN credentials: fail the exchange rather than buffer without end.
             saslBuffer = nil
-            numeric(context, "905", "SASL message too long")
+            numeric(context, "904", "SASL authentication failed: the credentials are too long")
             return
         }
         guard argument.utf8.count < 400 else {
