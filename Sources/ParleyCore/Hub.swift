@@ -215,7 +215,7 @@ public final class Hub: Sendable {
                 let invited = bypassModes || state.settings.invited.contains(nameKey)
                 // The order of the usual servers: ban, invite-only, key, limit. An invitation passes all four.
                 if state.settings.isBanned(speaker) && !invited { throw .banned(room.name) }
-                if state.settings.inviteOnly && !invited { throw .inviteOnly(room.name) }
+                if state.settings.inviteOnly && !invited && !state.settings.isInviteExcepted(speaker) { throw .inviteOnly(room.name) }
                 if let required = state.settings.key, required != joinKey, !invited { throw .badKey(room.name) }
                 if let limit = state.settings.limit, state.members.count >= limit, !invited { throw .roomFull(room.name) }
                 // A session that disconnected meanwhile must not be added: nothing would remove it.
@@ -368,16 +368,13 @@ public final class Hub: Sendable {
                         state.settings.limit = nil
                         effective.argument = nil
                     }
-                case .ban:
+                case .ban, .banException, .inviteException:
                     guard let mask = change.argument, !mask.isEmpty else { continue }
-                    if change.adding {
-                        guard !state.settings.bans.contains(where: { NameRules.key($0) == NameRules.key(mask) }) else { continue }
-                        state.settings.bans.append(mask)
-                    } else {
-                        let before = state.settings.bans.count
-                        state.settings.bans.removeAll { NameRules.key($0) == NameRules.key(mask) }
-                        guard state.settings.bans.count != before else { continue }
-                    }
+                    let list = state.settings[list: change.mode]
+                    let present = list.contains { NameRules.key($0) == NameRules.key(mask) }
+                    guard present != change.adding else { continue }
+                    state.settings[list: change.mode] = change.adding
+                        ? list + [mask] : list.filter { NameRules.key($0) != NameRules.key(mask) }
                 case .op, .voice:
                     guard let name = change.argument else { continue }
                     guard let member = state.members.first(where: { NameRules.key($0.name) == NameRules.key(name) }) else {

@@ -5,6 +5,8 @@ public struct ModeChange: Equatable, Sendable {
     public enum Mode: Character, Sendable, CaseIterable {
         case topicLock = "t", noExternal = "n", moderated = "m", inviteOnly = "i", secret = "s"
         case key = "k", limit = "l", ban = "b", op = "o", voice = "v"
+        /// Masks excepted from bans (+e) and from invite-only (+I).
+        case banException = "e", inviteException = "I"
     }
     public var adding: Bool
     public var mode: Mode
@@ -53,6 +55,8 @@ public struct RoomSettings: Equatable, Sendable {
     public var key: String?
     public var limit: Int?
     public var bans: [String] = []
+    public var banExceptions: [String] = []
+    public var inviteExceptions: [String] = []
     /// Session ids.
     public var operators: Set<Int> = []
     public var voiced: Set<Int> = []
@@ -85,7 +89,30 @@ public struct RoomSettings: Equatable, Sendable {
     }
 
     public func isBanned(_ who: Speaker) -> Bool {
-        bans.contains { Self.matches(mask: $0, who) }
+        bans.contains { Self.matches(mask: $0, who) } && !banExceptions.contains { Self.matches(mask: $0, who) }
+    }
+
+    /// An invite exception (+I) lets a user into an invite-only room without an invitation.
+    public func isInviteExcepted(_ who: Speaker) -> Bool {
+        inviteExceptions.contains { Self.matches(mask: $0, who) }
+    }
+
+    /// The list a list mode (+b, +e, +I) edits.
+    public subscript(list mode: ModeChange.Mode) -> [String] {
+        get {
+            switch mode {
+            case .banException: return banExceptions
+            case .inviteException: return inviteExceptions
+            default: return bans
+            }
+        }
+        set {
+            switch mode {
+            case .banException: banExceptions = newValue
+            case .inviteException: inviteExceptions = newValue
+            default: bans = newValue
+            }
+        }
     }
 
     static func glob(_ pattern: [Unicode.Scalar], _ text: [Unicode.Scalar]) -> Bool {

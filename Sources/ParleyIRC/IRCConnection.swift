@@ -767,7 +767,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         numeric(context, "001", "Welcome to the \(config.network) IRC network, \(nick)")
         numeric(context, "002", "Your host is \(config.serverName), running version \(config.version)")
         numeric(context, "003", "This server was created \(config.createdAt.formatted(.iso8601))")
-        send(context, IRCMessage(source: config.serverName, "004", [nick, config.serverName, config.version, "i", "biklmnostv", "bklov"]))
+        send(context, IRCMessage(source: config.serverName, "004", [nick, config.serverName, config.version, "i", "beIiklmnostv", "beIklov"]))
         isupport(context)
         lusers(context)
         motd(context)
@@ -775,7 +775,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
 
     static func isupportTokens(_ config: IRCDoorConfig) -> [String] {
         [
-            "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANMODES=b,k,l,imnst", "CHANNELLEN=\(NameRules.roomLength.upperBound + 1)",
+            "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANMODES=beI,k,l,imnst", "EXCEPTS=e", "INVEX=I", "CHANNELLEN=\(NameRules.roomLength.upperBound + 1)",
             "CHANTYPES=#", "HOSTLEN=64", "MAXTARGETS=4", "MODES=4", "NETWORK=\(config.network)",
             "NICKLEN=\(NameRules.nameLength.upperBound)", "PREFIX=(ov)@+", "TARGMAX=JOIN:,KICK:,NAMES:,PART:,PRIVMSG:4,NOTICE:4,WHOIS:1",
             "TOPICLEN=300", "USERLEN=20", "UTF8ONLY", "WHOX",
@@ -1101,11 +1101,16 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         let parsed = Self.parseModes(params[1], arguments: Array(params.dropFirst(2)))
         for unknown in parsed.unknown { numeric(context, "472", String(unknown), "is unknown mode char to me") }
         var changes = parsed.changes
-        // +b with no mask lists the bans instead.
-        if changes.contains(where: { $0.mode == .ban && $0.argument == nil }) {
-            for mask in details.settings.bans { numeric(context, "367", room, mask) }
-            numeric(context, "368", room, "End of channel ban list")
-            changes.removeAll { $0.mode == .ban && $0.argument == nil }
+        // A list mode (+b, +e, +I) with no mask lists its masks instead.
+        let listReplies: [ModeChange.Mode: (entry: String, end: String, text: String)] = [
+            .ban: ("367", "368", "End of channel ban list"),
+            .banException: ("348", "349", "End of channel exception list"),
+            .inviteException: ("346", "347", "End of channel invite exception list"),
+        ]
+        for (mode, replies) in listReplies where changes.contains(where: { $0.mode == mode && $0.argument == nil }) {
+            for mask in details.settings[list: mode] { numeric(context, replies.entry, room, mask) }
+            numeric(context, replies.end, room, replies.text)
+            changes.removeAll { $0.mode == mode && $0.argument == nil }
         }
         guard !changes.isEmpty else { return }
         do {
@@ -1141,7 +1146,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
                 }
                 let takesArgument: Bool
                 switch mode {
-                case .ban, .op, .voice, .key: takesArgument = true
+                case .ban, .banException, .inviteException, .op, .voice, .key: takesArgument = true
                 case .limit: takesArgument = adding
                 default: takesArgument = false
                 }

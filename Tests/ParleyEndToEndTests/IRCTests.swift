@@ -14,7 +14,7 @@ import Testing
             let isupport = burst.filter { $0.command == "005" }
             #expect(isupport.allSatisfy { $0.params.count <= 13 + 2 && $0.params.last == "are supported by this server" })
             let tokens = Set(isupport.flatMap { $0.params.dropFirst().dropLast() })
-            for token in ["CASEMAPPING=ascii", "CHANTYPES=#", "NICKLEN=20", "NETWORK=Parley", "UTF8ONLY", "PREFIX=(ov)@+", "CHANMODES=b,k,l,imnst", "WHOX"] {
+            for token in ["CASEMAPPING=ascii", "CHANTYPES=#", "NICKLEN=20", "NETWORK=Parley", "UTF8ONLY", "PREFIX=(ov)@+", "CHANMODES=beI,k,l,imnst", "EXCEPTS=e", "INVEX=I", "WHOX"] {
                 #expect(tokens.contains(token))
             }
             #expect(tokens.contains { $0.hasPrefix("CHANNELLEN=") } && tokens.contains { $0.hasPrefix("TOPICLEN=") })
@@ -552,6 +552,30 @@ import Testing
             #expect(try await eve.next().params == ["eve", "@", "#hideout", "@eve"])
             let line = try await server.client()
             #expect(try await line.listing("/rooms").contains { $0.hasPrefix("ROOM #hideout") } == false)
+        }
+    }
+}
+
+@Suite(.timeLimit(.minutes(2))) struct IRCExceptionListTests {
+    @Test func banAndInviteExceptions() async throws {
+        try await withServer { server in
+            let op = try await IRCTestClient.connect(server)
+            try await op.register("ops")
+            let guest = try await IRCTestClient.connect(server)
+            try await guest.register("gus")
+            try await op.send("JOIN #x")
+            _ = try await op.expect("366")
+            try await op.send("MODE #x +ib *!*@* ")
+            _ = try await op.expect("MODE")
+            try await guest.send("JOIN #x")
+            #expect(try await guest.next().command == "474")
+            try await op.send("MODE #x +eI gus!*@* gus!*@*")
+            #expect(try await op.expect("MODE").params == ["#x", "+eI", "gus!*@*", "gus!*@*"])
+            try await op.send("MODE #x +e")
+            #expect(try await op.next().params == ["ops", "#x", "gus!*@*"])
+            #expect(try await op.next().command == "349")
+            try await guest.send("JOIN #x")
+            #expect(try await guest.next().serialized() == ":gus!gus@127.0.0.1 JOIN #x")
         }
     }
 }

@@ -39,7 +39,9 @@ class ParleyController(BaseServerController, DirectoryBasedController):
     )
     optional_behaviors = frozenset(
         (
+            OptionalBehaviors.BAN_EXCEPTION_MODE,
             OptionalBehaviors.CAP_REQ_MINUS,
+            OptionalBehaviors.INVITE_EXCEPTION_MODE,
             OptionalBehaviors.MULTI_JOIN,
             OptionalBehaviors.MULTI_KICK,
             OptionalBehaviors.MULTI_PRIVMSG,
