@@ -115,7 +115,7 @@ public struct RoomSettings: Equatable, Sendable {
         }
     }
 
-    static func glob(_ pattern: [Unicode.Scalar], _ text: [Unicode.Scalar]) -> Bool {
+    public static func glob(_ pattern: [Unicode.Scalar], _ text: [Unicode.Scalar]) -> Bool {
         // Iterative matcher with backtracking to the last '*': linear in practice, never recursive.
         var p = 0, t = 0, star = -1, mark = 0
         while t < text.count {

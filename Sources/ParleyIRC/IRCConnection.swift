@@ -21,6 +21,8 @@ public struct IRCDoorConfig: Sendable {
     public var nickGracePeriod = TimeAmount.seconds(30)
     /// IRC operators: OPER name -> password.
     public var operators: [String: String] = [:]
+    /// A password for the whole IRC door (PASS); nil: none, and PASS may carry `account:password`.
+    public var serverPassword: String?
 
     public init() {}
 }
@@ -342,7 +344,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         case "REGISTER": registerAccount(params, context)
         case "KICK": kick(params, context)
         case "INVITE": invite(params, context)
-        case "LIST": list(context)
+        case "LIST": list(params.first, context)
         case "ISON":
             let present = params.flatMap { $0.split(separator: " ") }.compactMap { hub.sessions(named: String($0)).first?.name }
             numeric(context, "303", present.joined(separator: " "))
@@ -449,7 +451,14 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         guard session == nil, pendingWork == 0, let wantedNick = nick, let userName, !capNegotiating else { return }
         let hub = self.hub
         let address = self.address
-        let login = password.flatMap { pass -> (String, String)? in
+        if let required = config.serverPassword {
+            guard let given = password, Self.constantTimeEqual(given, required) else {
+                numeric(context, "464", "Password incorrect")
+                close(context, reason: "Bad password")
+                return
+            }
+        }
+        let login = config.serverPassword != nil ? nil : password.flatMap { pass -> (String, String)? in
             guard let colon = pass.firstIndex(of: ":") else { return nil }
             return (String(pass[..<colon]), String(pass[pass.index(after: colon)...]))
         }
@@ -727,19 +736,23 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             numeric(context, "491", "No O-lines for your host")
             return
         }
-        // Constant time: compare every byte whatever the first difference.
-        let given = Array(params[1].utf8), wanted = Array(expected.utf8)
-        var difference = given.count ^ wanted.count
-        for index in 0..<max(given.count, wanted.count) {
-            difference |= Int((index < given.count ? given[index] : 0) ^ (index < wanted.count ? wanted[index] : 0))
-        }
-        guard difference == 0 else {
+        guard Self.constantTimeEqual(params[1], expected) else {
             numeric(context, "464", "Password incorrect")
             return
         }
         session.isServerOperator = true
         numeric(context, "381", "You are now an IRC operator")
         send(context, IRCMessage(source: session.name, "MODE", [session.name, "+o"]))
+    }
+
+    /// Compares every byte whatever the first difference, so timing does not reveal a prefix.
+    static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+        let given = Array(a.utf8), wanted = Array(b.utf8)
+        var difference = given.count ^ wanted.count
+        for index in 0..<max(given.count, wanted.count) {
+            difference |= Int((index < given.count ? given[index] : 0) ^ (index < wanted.count ? wanted[index] : 0))
+        }
+        return difference == 0
     }
 
     private func kill(_ params: [String], _ context: ChannelHandlerContext) {
@@ -775,7 +788,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
 
     static func isupportTokens(_ config: IRCDoorConfig) -> [String] {
         [
-            "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANMODES=beI,k,l,imnst", "EXCEPTS=e", "INVEX=I", "CHANNELLEN=\(NameRules.roomLength.upperBound + 1)",
+            "AWAYLEN=200", "CASEMAPPING=ascii", "CHANLIMIT=#:", "CHANMODES=beI,k,l,imnst", "EXCEPTS=e", "INVEX=I", "ELIST=MNU", "CHANNELLEN=\(NameRules.roomLength.upperBound + 1)",
             "CHANTYPES=#", "HOSTLEN=64", "MAXTARGETS=4", "MODES=4", "NETWORK=\(config.network)",
             "NICKLEN=\(NameRules.nameLength.upperBound)", "PREFIX=(ov)@+", "TARGMAX=JOIN:,KICK:,NAMES:,PART:,PRIVMSG:4,NOTICE:4,WHOIS:1",
             "TOPICLEN=300", "USERLEN=20", "UTF8ONLY", "WHOX",
@@ -1206,13 +1219,24 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         }
     }
 
-    private func list(_ context: ChannelHandlerContext) {
+    /// LIST with ELIST=MNU filters, comma-separated: `#name`, `*mask*`, `!*mask*`, `>N` and `<N` users.
+    private func list(_ filter: String?, _ context: ChannelHandlerContext) {
         numeric(context, "321", "Channel", "Users  Name")
         let mine = Set(session?.roomKeys ?? [])
-        for room in hub.roomList() {
+        let filters = filter?.split(separator: ",").map(String.init) ?? []
+        func accepts(_ room: RoomInfo) -> Bool {
+            filters.allSatisfy { filter in
+                if filter.hasPrefix(">"), let count = Int(filter.dropFirst()) { return room.memberCount > count }
+                if filter.hasPrefix("<"), let count = Int(filter.dropFirst()) { return room.memberCount < count }
+                let negated = filter.hasPrefix("!")
+                let pattern = Array(NameRules.key(negated ? String(filter.dropFirst()) : filter).unicodeScalars)
+                return RoomSettings.glob(pattern, Array(NameRules.key(room.name).unicodeScalars)) != negated
+            }
+        }
+        for room in hub.roomList() where accepts(room) {
             // Secret rooms are listed only to their members.
             if hub.details(of: room.name)?.settings.secret == true && !mine.contains(NameRules.key(room.name)) { continue }
-            numeric(context, "322", room.name, "\(room.memberCount)", "")
+            numeric(context, "322", room.name, "\(room.memberCount)", hub.details(of: room.name)?.settings.topic?.text ?? "")
         }
         numeric(context, "323", "End of /LIST")
     }

@@ -28,6 +28,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Shortest password accepted for a new account (1 to 72).")
     var minPasswordLength = 8
 
+    @Option(help: "A password the IRC door requires of every client (PASS); PASS then no longer logs in to accounts.")
+    var ircPassword: String?
+
     @Option(name: .customLong("oper"), help: "An IRC operator, NAME:PASSWORD (repeatable); used with OPER.")
     var operators: [String] = []
 
@@ -73,6 +76,7 @@ struct Serve: AsyncParsableCommand {
         config.dataDirectory = dataDir
         config.requireLogin = requireLogin
         config.minimumPasswordLength = minPasswordLength
+        config.irc.serverPassword = ircPassword
         for oper in operators {
             let parts = oper.split(separator: ":", maxSplits: 1).map(String.init)
             config.irc.operators[parts[0]] = parts[1]

@@ -579,3 +579,42 @@ import Testing
         }
     }
 }
+
+@Suite(.timeLimit(.minutes(2))) struct IRCListAndPasswordTests {
+    @Test func listFiltersByMaskAndUserCount() async throws {
+        try await withServer { server in
+            let una = try await IRCTestClient.connect(server)
+            try await una.register("una")
+            for room in ["#chan1", "#chan2", "#other"] {
+                try await una.send("JOIN \(room)")
+                _ = try await una.expect("366")
+            }
+            func listed(_ filter: String) async throws -> [String] {
+                try await una.send("LIST \(filter)")
+                var rooms: [String] = []
+                while true {
+                    let reply = try await una.next()
+                    if reply.command == "323" { return rooms.sorted() }
+                    if reply.command == "322" { rooms.append(reply.params[1]) }
+                }
+            }
+            #expect(try await listed("#ch*") == ["#chan1", "#chan2"])
+            #expect(try await listed("!#ch*,<2") == ["#other"])
+            #expect(try await listed(">0,*2") == ["#chan2"])
+            #expect(try await listed(">1") == [])
+        }
+    }
+
+    @Test func aServerPasswordIsRequiredWhenSet() async throws {
+        try await withServer({ $0.irc.serverPassword = "letmein" }) { server in
+            let wrong = try await IRCTestClient.connect(server)
+            try await wrong.send("PASS nope")
+            try await wrong.send("NICK wil")
+            try await wrong.send("USER wil 0 * :W")
+            #expect(try await wrong.next().command == "464")
+            #expect(try await wrong.next().command == "ERROR")
+            let right = try await IRCTestClient.connect(server)
+            #expect(try await right.register("wil", pass: "letmein").first?.command == "001")
+        }
+    }
+}

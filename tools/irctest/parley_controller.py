@@ -65,8 +65,6 @@ class ParleyController(BaseServerController, DirectoryBasedController):
             raise NotImplementedByController("Websocket")
         if ssl:
             raise NotImplementedByController("TLS")
-        if password is not None:
-            raise NotImplementedByController("server password")
         assert self.proc is None
         self.port = port
         self.hostname = hostname
@@ -89,6 +87,7 @@ class ParleyController(BaseServerController, DirectoryBasedController):
                 "--min-password-length", "1",
                 "--oper", "operuser:operpassword",
                 "--no-console",
+                *(["--irc-password", password] if password is not None else []),
             ]
         )
 
