@@ -191,13 +191,14 @@ public final class Hub: Sendable {
     /// Joins a room, creating it when needed. Returns the room's display name and whether the
     /// session was already a member (then nothing is announced).
     @discardableResult
-    public func join(_ session: Session, room roomName: String, key joinKey: String? = nil) throws(HubError) -> (name: String, alreadyMember: Bool) {
-        try join(session, room: roomName, key: joinKey, bypassModes: false)
+    /// `echo: false`: the joiner is not sent its own JOIN (the door shows it itself, labeled).
+    public func join(_ session: Session, room roomName: String, key joinKey: String? = nil, echo: Bool = true) throws(HubError) -> (name: String, alreadyMember: Bool) {
+        try join(session, room: roomName, key: joinKey, bypassModes: false, echo: echo)
     }
 
     /// `bypassModes`: the automatic join of the lobby, which no mode may refuse (a new session that
     /// could not be in the lobby would be told it is there and could not speak).
-    private func join(_ session: Session, room roomName: String, key joinKey: String?, bypassModes: Bool) throws(HubError) -> (name: String, alreadyMember: Bool) {
+    private func join(_ session: Session, room roomName: String, key joinKey: String?, bypassModes: Bool, echo: Bool = true) throws(HubError) -> (name: String, alreadyMember: Bool) {
         if let error = NameRules.validateRoom(roomName) { throw error }
         let key = NameRules.key(roomName)
         while true {
@@ -227,7 +228,8 @@ public final class Hub: Sendable {
                 state.settings.invited.remove(nameKey)
                 if state.members.isEmpty { state.settings.operators.insert(session.id) }
                 state.members.append(session)
-                deliver(.joined(room: room.name, who: speaker), to: state.members)
+                // Not `last:`: that copy follows echo-message, but everyone, IRC or not, sees its own JOIN.
+                deliver(.joined(room: room.name, who: speaker), to: echo ? state.members : state.members.filter { $0 !== session })
                 return (true, false)
             }
             if outcome.retry { continue }
@@ -420,6 +422,13 @@ public final class Hub: Sendable {
             return state.members.isEmpty
         }
         if nowEmpty { removeIfEmpty(room, key: key) }
+    }
+
+    /// Rooms the session's name has a pending invitation to.
+    public func invitations(for session: Session) -> [String] {
+        let key = NameRules.key(session.name)
+        let all = rooms.withLock { Array($0.values) }
+        return all.filter { room in room.state.withLock { $0.settings.invited.contains(key) } }.map(\.name).sorted()
     }
 
     /// Invites a user to a room; the invitation lets them past +i, +k, +l and bans once.

@@ -23,6 +23,8 @@ public struct IRCDoorConfig: Sendable {
     public var operators: [String: String] = [:]
     /// A password for the whole IRC door (PASS); nil: none, and PASS may carry `account:password`.
     public var serverPassword: String?
+    /// Whether draft/account-registration's REGISTER works before the connection is registered.
+    public var registrationBeforeConnect = true
 
     public init() {}
 }
@@ -39,8 +41,12 @@ enum IRCCapabilities {
     ]
     static let names = Set(offered.map(\.name))
 
-    static func list(withValues: Bool) -> String {
-        offered.map { cap in withValues ? cap.value.map { "\(cap.name)=\($0)" } ?? cap.name : cap.name }.joined(separator: " ")
+    static func list(withValues: Bool, registrationBeforeConnect: Bool) -> String {
+        offered.map { cap in
+            var value = cap.value
+            if cap.name == "draft/account-registration" && !registrationBeforeConnect { value = nil }
+            return withValues ? value.map { "\(cap.name)=\($0)" } ?? cap.name : cap.name
+        }.joined(separator: " ")
     }
 }
 
@@ -266,7 +272,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         "NAMES": (0, false), "WHO": (0, false), "WHOIS": (1, false), "MODE": (1, false), "TOPIC": (1, false),
         "LIST": (0, false), "ISON": (1, false), "USERHOST": (1, false), "MOTD": (0, false),
         "LUSERS": (0, false), "VERSION": (0, false), "TIME": (0, false), "AWAY": (0, false),
-        "KICK": (2, false), "INVITE": (2, false), "AUTHENTICATE": (1, true), "REGISTER": (3, true),
+        "KICK": (2, false), "INVITE": (0, false), "AUTHENTICATE": (1, true), "REGISTER": (3, true),
         "OPER": (2, false), "KILL": (1, false), "TAGMSG": (1, false),
     ]
 
@@ -390,7 +396,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         case "LS":
             if session == nil { capNegotiating = true }
             let withValues = (params.count > 1 ? Int(params[1]) ?? 0 : 0) >= 302
-            send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "LS", IRCCapabilities.list(withValues: withValues)]))
+            send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "LS", IRCCapabilities.list(withValues: withValues, registrationBeforeConnect: config.registrationBeforeConnect)]))
         case "LIST":
             send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "LIST", capabilities.sorted().joined(separator: " ")]))
         case "REQ":
@@ -630,6 +636,11 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             send(context, IRCMessage(source: config.serverName, "FAIL", ["REGISTER", "ALREADY_AUTHENTICATED", name, "You are already logged in"]))
             return
         }
+        if session == nil && !config.registrationBeforeConnect {
+            send(context, IRCMessage(source: config.serverName, "FAIL", ["REGISTER", "COMPLETE_CONNECTION_REQUIRED", name,
+                                                                         "Finish connecting (NICK, USER, CAP END) before REGISTER"]))
+            return
+        }
         if let session, NameRules.key(name) != NameRules.key(session.name) {
             send(context, IRCMessage(source: config.serverName, "FAIL", ["REGISTER", "ACCOUNT_NAME_MUST_BE_NICK", name,
                                                                          "Register your current nick, \(session.name), or change nick first"]))
@@ -836,8 +847,14 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         let keys = params.count > 1 ? params[1].split(separator: ",", omittingEmptySubsequences: false).map(String.init) : []
         for (index, channel) in params[0].split(separator: ",").map(String.init).enumerated() {
             do {
-                let joined = try hub.join(session, room: channel, key: index < keys.count ? keys[index] : nil)
+                // A labeled JOIN's own JOIN line belongs in the labeled response: the door sends it.
+                let echoHere = label != nil
+                let joined = try hub.join(session, room: channel, key: index < keys.count ? keys[index] : nil, echo: !echoHere)
                 guard !joined.alreadyMember else { continue }
+                if echoHere, let line = formats.format(IRCRenderOptions(capabilities: capabilities))
+                    .message(for: .joined(room: joined.name, who: session.speaker)) {
+                    send(context, line)
+                }
                 // After the hub's JOIN line, which is already queued on this loop.
                 afterQueuedEvents(context) { handler, context in
                     handler.topicReply(joined.name, context, quietWhenUnset: true)
@@ -1201,6 +1218,16 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
 
     private func invite(_ params: [String], _ context: ChannelHandlerContext) {
         guard let session else { return }
+        // INVITE alone lists the rooms this user is invited to.
+        if params.isEmpty {
+            for room in hub.invitations(for: session) { numeric(context, "336", room) }
+            numeric(context, "337", "End of /INVITE list")
+            return
+        }
+        guard params.count >= 2 else {
+            numeric(context, "461", "INVITE", "Not enough parameters")
+            return
+        }
         do {
             let (target, room) = try hub.invite(session, target: params[0], room: params[1])
             numeric(context, "341", target, room)

@@ -31,6 +31,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "A password the IRC door requires of every client (PASS); PASS then no longer logs in to accounts.")
     var ircPassword: String?
 
+    @Flag(help: "Refuse IRC account registration (REGISTER) before a client has finished connecting.")
+    var ircRegistrationAfterConnect = false
+
     @Option(name: .customLong("oper"), help: "An IRC operator, NAME:PASSWORD (repeatable); used with OPER.")
     var operators: [String] = []
 
@@ -77,6 +80,7 @@ struct Serve: AsyncParsableCommand {
         config.requireLogin = requireLogin
         config.minimumPasswordLength = minPasswordLength
         config.irc.serverPassword = ircPassword
+        config.irc.registrationBeforeConnect = !ircRegistrationAfterConnect
         for oper in operators {
             let parts = oper.split(separator: ":", maxSplits: 1).map(String.init)
             config.irc.operators[parts[0]] = parts[1]

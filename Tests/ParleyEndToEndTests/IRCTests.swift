@@ -618,3 +618,37 @@ import Testing
         }
     }
 }
+
+@Suite(.timeLimit(.minutes(2))) struct IRCInformationTests {
+    @Test func motdVersionTimeNickChangeUserhostAndLabeledJoin() async throws {
+        try await withServer({ $0.irc.motd = ["Be kind.", "Have fun."] }) { server in
+            let ann = try await IRCTestClient.connect(server)
+            let burst = try await ann.register("ann")
+            #expect(burst.filter { $0.command == "372" }.map { $0.params.last } == ["- Be kind.", "- Have fun."])
+            #expect(burst.last?.command == "376")
+            try await ann.send("VERSION")
+            #expect(try await ann.next().params.prefix(3) == ["ann", "parley-0.1", "parley.test"])
+            _ = try await ann.expect("005")
+            try await ann.send("TIME")
+            let time = try await ann.expect("391")
+            #expect(time.params[1] == "parley.test" && time.params[2].hasSuffix("Z"))
+            let bo = try await IRCTestClient.connect(server)
+            try await bo.register("bo")
+            try await ann.send("NICK bo")
+            #expect(try await ann.next().params == ["ann", "bo", "Nickname is already in use"])
+            try await ann.send("NICK annie")
+            #expect(try await ann.next().serialized() == ":ann!ann@127.0.0.1 NICK annie")
+            try await bo.send("USERHOST annie nobody")
+            #expect(try await bo.next().params == ["bo", "annie=+ann@127.0.0.1"])
+            try await ann.send("CAP REQ :labeled-response batch")
+            _ = try await ann.expect("CAP")
+            try await ann.send("@label=j1 JOIN #lj")
+            let start = try await ann.next()
+            #expect(start.command == "BATCH" && start.tag("label")?.value == "j1")
+            #expect(try await ann.next().command == "JOIN")
+            #expect(try await ann.next().command == "353")
+            #expect(try await ann.next().command == "366")
+            #expect(try await ann.next().command == "BATCH")
+        }
+    }
+}

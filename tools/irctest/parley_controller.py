@@ -42,6 +42,7 @@ class ParleyController(BaseServerController, DirectoryBasedController):
             OptionalBehaviors.BAN_EXCEPTION_MODE,
             OptionalBehaviors.CAP_REQ_MINUS,
             OptionalBehaviors.INVITE_EXCEPTION_MODE,
+            OptionalBehaviors.INVITE_LIST,
             OptionalBehaviors.MULTI_JOIN,
             OptionalBehaviors.MULTI_KICK,
             OptionalBehaviors.MULTI_PRIVMSG,
@@ -88,6 +89,7 @@ class ParleyController(BaseServerController, DirectoryBasedController):
                 "--oper", "operuser:operpassword",
                 "--no-console",
                 *(["--irc-password", password] if password is not None else []),
+                *([] if self.test_config.account_registration_before_connect else ["--irc-registration-after-connect"]),
             ]
         )
 
