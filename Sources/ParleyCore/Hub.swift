@@ -294,12 +294,6 @@ public final class Hub: Sendable {
         return room.state.withLock { $0.members }
     }
 
-    /// Members of a room with whether each is an operator, in join order; nil when there is no such room.
-    public func membership(of roomName: String) -> [(session: Session, isOperator: Bool)]? {
-        guard let room = rooms.withLock({ $0[NameRules.key(roomName)] }) else { return nil }
-        return room.state.withLock { state in state.members.map { ($0, state.settings.operators.contains($0.id)) } }
-    }
-
     /// Members with their operator and voice flags, plus the room's settings; nil when there is no such room.
     public func details(of roomName: String) -> (name: String, members: [(session: Session, isOperator: Bool, isVoiced: Bool)], settings: RoomSettings)? {
         guard let room = rooms.withLock({ $0[NameRules.key(roomName)] }) else { return nil }

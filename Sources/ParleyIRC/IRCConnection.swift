@@ -1039,7 +1039,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         let rooms = hub.roomNames(for: other.roomKeys)
         if !rooms.isEmpty {
             let shown = rooms.map { room in
-                (hub.membership(of: room)?.contains { $0.session === other && $0.isOperator } == true ? "@" : "") + room
+                let member = hub.details(of: room)?.members.first { $0.session === other }
+                return prefix(isOperator: member?.isOperator == true, isVoiced: member?.isVoiced == true) + room
             }
             numeric(context, "319", speaker.name, shown.joined(separator: " "))
         }

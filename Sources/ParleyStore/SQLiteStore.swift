@@ -69,10 +69,6 @@ public final class SQLiteStore: AccountStore, Sendable {
         }
     }
 
-    public func accountCount() async throws -> Int {
-        try await pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM account") ?? 0 }
-    }
-
     /// Checkpoints the WAL and closes the file; the store is unusable afterwards.
     public func close() throws {
         try pool.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) }
