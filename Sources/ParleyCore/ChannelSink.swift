@@ -53,6 +53,14 @@ public final class ChannelSink: SessionSink {
         }
     }
 
+    /// A peer's address as the hub records it: `IP:PORT`, `[IPv6]:PORT`, or `unknown`.
+    public static func describe(_ address: SocketAddress?) -> String {
+        guard let address, let ip = address.ipAddress else { return "unknown" }
+        let port = address.port ?? 0
+        if case .v6 = address { return "[\(ip)]:\(port)" }
+        return "\(ip):\(port)"
+    }
+
     /// The connection closed (from either side): drop further output and let the door stop working.
     public func markClosed() {
         closing.store(true, ordering: .relaxed)

@@ -109,7 +109,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     // MARK: Channel events
 
     public func channelActive(context: ChannelHandlerContext) {
-        address = Self.describe(context.channel.remoteAddress)
+        address = ChannelSink.describe(context.channel.remoteAddress)
         hub.counters.unregisteredConnections.add(1, ordering: .relaxed)
         let serverName = config.serverName
         sink = ChannelSink(channel: context.channel, format: formats.format(IRCRenderOptions()),
@@ -1359,12 +1359,5 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     private func close(_ context: ChannelHandlerContext, reason: String) {
         flushIfNeeded(context)
         sink?.disconnect(finalBytes: ByteBuffer(string: IRCMessage("ERROR", ["Closing Link: \(address) (\(reason))"]).serialized() + "\r\n"))
-    }
-
-    static func describe(_ address: SocketAddress?) -> String {
-        guard let address, let ip = address.ipAddress else { return "unknown" }
-        let port = address.port ?? 0
-        if case .v6 = address { return "[\(ip)]:\(port)" }
-        return "\(ip):\(port)"
     }
 }

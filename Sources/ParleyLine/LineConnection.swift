@@ -58,7 +58,7 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
             return last
         }
         self.sink = sink
-        guard let session = hub.connect(door: "line", address: Self.describe(context.channel.remoteAddress), sink: sink) else {
+        guard let session = hub.connect(door: "line", address: ChannelSink.describe(context.channel.remoteAddress), sink: sink) else {
             sink.disconnect(finalBytes: LineFormat.shared.render(.goodbye(.shutdown)))
             return
         }
@@ -297,12 +297,5 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
         guard wroteSinceFlush else { return }
         wroteSinceFlush = false
         context.flush()
-    }
-
-    static func describe(_ address: SocketAddress?) -> String {
-        guard let address, let ip = address.ipAddress else { return "unknown" }
-        let port = address.port ?? 0
-        if case .v6 = address { return "[\(ip)]:\(port)" }
-        return "\(ip):\(port)"
     }
 }
