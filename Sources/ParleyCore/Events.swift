@@ -44,24 +44,37 @@ public struct RoomMessage: Sendable, Equatable {
     /// Position in the room's total order: every member sees the room's messages in this order.
     public let sequence: UInt64
     public let time: Date
-    /// Server-assigned, unique (IRC msgid).
-    public let id: String
+    /// Server-assigned, unique and increasing: the message's place in history.
+    public let serial: UInt64
     public let tags: [MessageTag]
 
     public init(room: String, sender: Speaker, text: String, kind: MessageKind, sequence: UInt64, time: Date,
-                id: String = "", tags: [MessageTag] = []) {
+                serial: UInt64 = 0, tags: [MessageTag] = []) {
         self.room = room
         self.sender = sender
         self.text = text
         self.kind = kind
         self.sequence = sequence
         self.time = time
-        self.id = id
+        self.serial = serial
         self.tags = tags
     }
+
+    /// The IRC msgid.
+    public var id: String { MessageID.string(serial) }
 }
 
 public struct DirectMessage: Sendable, Equatable {
+    /// How a direct message reaches its recipient.
+    public enum Delivery: Sendable, Equatable {
+        /// Handed to the recipient's connections as it is sent.
+        case live
+        /// The recipient's account is offline: it is kept and handed over at its next login.
+        case queued
+        /// Handed over at login, after being kept while the recipient was offline.
+        case late
+    }
+
     public let from: Speaker
     /// The recipient's name.
     public let to: String
@@ -70,19 +83,29 @@ public struct DirectMessage: Sendable, Equatable {
     /// True on the copy sent back to the sender as its acknowledgement.
     public let echo: Bool
     public let time: Date
-    public let id: String
+    public let serial: UInt64
     public let tags: [MessageTag]
+    public let delivery: Delivery
 
     public init(from: Speaker, to: String, text: String, kind: MessageKind, echo: Bool, time: Date = Date(),
-                id: String = "", tags: [MessageTag] = []) {
+                serial: UInt64 = 0, tags: [MessageTag] = [], delivery: Delivery = .live) {
         self.from = from
         self.to = to
         self.text = text
         self.kind = kind
         self.echo = echo
         self.time = time
-        self.id = id
+        self.serial = serial
         self.tags = tags
+        self.delivery = delivery
+    }
+
+    /// The IRC msgid.
+    public var id: String { MessageID.string(serial) }
+
+    /// The same message as one party or the other sees it.
+    public func with(echo: Bool, delivery: Delivery) -> DirectMessage {
+        DirectMessage(from: from, to: to, text: text, kind: kind, echo: echo, time: time, serial: serial, tags: tags, delivery: delivery)
     }
 }
 
@@ -96,6 +119,8 @@ public enum GoodbyeReason: Sendable, Equatable {
 /// What the hub tells a session. Doors render these into their wire format; the hub never sees bytes.
 public enum HubEvent: Sendable, Equatable {
     case message(RoomMessage)
+    /// A room's recent messages, replayed to a session that just joined it (oldest first).
+    case history(room: String, messages: [RoomMessage])
     case direct(DirectMessage)
     case joined(room: String, who: Speaker)
     case parted(room: String, who: Speaker, reason: String?)

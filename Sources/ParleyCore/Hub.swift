@@ -55,6 +55,8 @@ public struct RoomInfo: Sendable, Equatable {
 /// and its fan-out is submitted, which is what gives every member the same order.
 final class Room: Sendable {
     let name: String
+    /// The newest published messages, replayed to joiners; shared with the next room of that name.
+    let recent: RecentMessages
     struct State {
         var members: [Session] = []
         /// Modes, topic, operators (whoever joins an empty room becomes one), voices, bans.
@@ -64,8 +66,15 @@ final class Room: Sendable {
         var closed = false
     }
     let state = Mutex(State())
-    init(name: String) { self.name = name }
+    init(name: String, recent: RecentMessages) {
+        self.name = name
+        self.recent = recent
+    }
 }
+
+/// Runs on the sender's event loop once its message is published (after its own copy is queued), or
+/// with the reason it was not.
+public typealias PublishedHandler<Message> = @Sendable (Result<Message, HubError>) -> Void
 
 /// The hub: accounts, rooms and sessions, shared by every door. It knows no wire format: it hands
 /// `HubEvent`s to `SessionSink`s, rendered once per `WireFormat`.
@@ -89,19 +98,51 @@ public final class Hub: Sendable {
     }
     let registry = Mutex(Registry())
     let rooms = Mutex<[String: Room]>([:])
+    /// Per room key: recent messages for replay. Taken inside `rooms`, never the other way round.
+    private let recentByRoom = Mutex<[String: RecentMessages]>([:])
     private let nextSessionID = Atomic<Int>(1)
     private let nextGuestNumber = Atomic<Int>(1)
-    private let nextMessageNumber = Atomic<Int>(1)
-    private let messageIDPrefix = String(UInt64.random(in: 0...UInt64.max), radix: 36)
+    private let stamper: MessageStamper
+    /// Durable history; nil: messages are published as soon as they are accepted and nothing is kept.
+    let log: (any MessageLog)?
+    public let history: HistoryConfig
     /// A valid bcrypt hash of a random string: an unknown account costs as much to check as a known one.
     private let dummyHash = Mutex<String?>(nil)
 
+    /// `firstSerial` and `lastTimeMs`: where the log's ids and times stand, so they keep increasing;
+    /// `recent`: the newest messages of each room, for replay on join.
     public init(config: HubConfig = HubConfig(), accounts: any AccountStore, hasher: any PasswordHasher,
-                throttle: LoginThrottle = LoginThrottle()) {
+                throttle: LoginThrottle = LoginThrottle(), log: (any MessageLog)? = nil,
+                history: HistoryConfig = HistoryConfig(), firstSerial: UInt64 = 1, lastTimeMs: Int64 = 0,
+                recent: [RoomMessage] = []) {
         self.config = config
         self.accounts = accounts
         self.hasher = hasher
         self.throttle = throttle
+        self.log = log
+        self.history = history
+        self.stamper = MessageStamper(firstSerial: firstSerial, lastTimeMs: lastTimeMs)
+        let capacity = history.replayOnJoin
+        let byRoom = Dictionary(grouping: recent) { NameRules.key($0.room) }
+        recentByRoom.withLock { map in
+            for (key, messages) in byRoom { map[key] = RecentMessages(capacity: capacity, initial: messages) }
+        }
+    }
+
+    public var keepsHistory: Bool { log != nil }
+
+    private func recentMessages(forKey key: String) -> RecentMessages {
+        recentByRoom.withLock { map in
+            if let recent = map[key] { return recent }
+            let recent = RecentMessages(capacity: history.replayOnJoin)
+            map[key] = recent
+            return recent
+        }
+    }
+
+    /// Messages older than this are past the retention period (nil: kept for ever).
+    var retentionCutoff: Date? {
+        history.maxAge.map { Date().addingTimeInterval(-Double($0.components.seconds)) }
     }
 
     // MARK: Sessions
@@ -188,29 +229,30 @@ public final class Hub: Sendable {
 
     // MARK: Rooms
 
-    /// Joins a room, creating it when needed. Returns the room's display name and whether the
-    /// session was already a member (then nothing is announced).
+    /// Joins a room, creating it when needed. Returns the room's display name, whether the
+    /// session was already a member (then nothing is announced), and the recent messages replayed to it
+    /// right after its JOIN (in the same task, so no newer message can come before them).
+    /// `echo: false`: the joiner is not sent its own JOIN (the door shows it itself, labeled), nor a replay.
     @discardableResult
-    /// `echo: false`: the joiner is not sent its own JOIN (the door shows it itself, labeled).
-    public func join(_ session: Session, room roomName: String, key joinKey: String? = nil, echo: Bool = true) throws(HubError) -> (name: String, alreadyMember: Bool) {
+    public func join(_ session: Session, room roomName: String, key joinKey: String? = nil, echo: Bool = true) throws(HubError) -> (name: String, alreadyMember: Bool, replayed: [RoomMessage]) {
         try join(session, room: roomName, key: joinKey, bypassModes: false, echo: echo)
     }
 
     /// `bypassModes`: the automatic join of the lobby, which no mode may refuse (a new session that
     /// could not be in the lobby would be told it is there and could not speak).
-    private func join(_ session: Session, room roomName: String, key joinKey: String?, bypassModes: Bool, echo: Bool = true) throws(HubError) -> (name: String, alreadyMember: Bool) {
+    private func join(_ session: Session, room roomName: String, key joinKey: String?, bypassModes: Bool, echo: Bool = true) throws(HubError) -> (name: String, alreadyMember: Bool, replayed: [RoomMessage]) {
         if let error = NameRules.validateRoom(roomName) { throw error }
         let key = NameRules.key(roomName)
         while true {
             let room = rooms.withLock { rooms in
                 if let room = rooms[key] { return room }
-                let room = Room(name: roomName)
+                let room = Room(name: roomName, recent: recentMessages(forKey: key))
                 rooms[key] = room
                 return room
             }
-            let outcome: (joined: Bool, retry: Bool) = try room.state.withLock { (state) throws(HubError) in
-                if state.closed { return (false, true) }
-                if state.members.contains(where: { $0 === session }) { return (false, false) }
+            let outcome: (joined: Bool, retry: Bool, replayed: [RoomMessage]) = try room.state.withLock { (state) throws(HubError) in
+                if state.closed { return (false, true, []) }
+                if state.members.contains(where: { $0 === session }) { return (false, false, []) }
                 let speaker = session.speaker
                 let nameKey = NameRules.key(speaker.name)
                 let invited = bypassModes || state.settings.invited.contains(nameKey)
@@ -224,17 +266,21 @@ public final class Hub: Sendable {
                     if session.connected { session.rooms.append(key) }
                     return session.connected
                 }
-                guard connected else { return (false, false) }
+                guard connected else { return (false, false, []) }
                 state.settings.invited.remove(nameKey)
                 if state.members.isEmpty { state.settings.operators.insert(session.id) }
                 state.members.append(session)
                 // Not `last:`: that copy follows echo-message, but everyone, IRC or not, sees its own JOIN.
                 deliver(.joined(room: room.name, who: speaker), to: echo ? state.members : state.members.filter { $0 !== session })
-                return (true, false)
+                // Under the room lock, like publishing: each message is either replayed here or
+                // delivered live afterwards, never both, never neither.
+                let replayed = echo ? room.recent.snapshot(notBefore: retentionCutoff) : []
+                if !replayed.isEmpty { deliver(.history(room: room.name, messages: replayed), to: [session]) }
+                return (true, false, replayed)
             }
             if outcome.retry { continue }
             if !outcome.joined { removeIfEmpty(room, key: key) }
-            return (room.name, !outcome.joined)
+            return (room.name, !outcome.joined, outcome.replayed)
         }
     }
 
@@ -450,13 +496,15 @@ public final class Hub: Sendable {
 
     // MARK: Chat
 
-    /// Sends a message to a room the session is in. Every other member is handed it before the
-    /// sender gets its echo, which is the sender's acknowledgement.
+    /// Sends a message to a room the session is in. With a history, it is stored first and published
+    /// once committed (persist, then publish). Every other member is handed it before the sender gets
+    /// its echo, which is the sender's acknowledgement.
     /// `echo: false`: the door acknowledges the message itself (IRC labeled-response), so the hub
-    /// sends no copy back to the sender. Returns the message as numbered and published.
+    /// sends no copy back to the sender. `then` runs on the sender's loop once it is published.
+    /// Returns the message as numbered.
     @discardableResult
     public func say(_ session: Session, room roomName: String, text: String, kind: MessageKind = .say,
-                    tags: [MessageTag] = [], echo: Bool = true) throws(HubError) -> RoomMessage {
+                    tags: [MessageTag] = [], echo: Bool = true, then: PublishedHandler<RoomMessage>? = nil) throws(HubError) -> RoomMessage {
         if config.requireLogin && !session.isLoggedIn { throw .loginRequired }
         guard let text = kind == .tagOnly ? "" : NameRules.cleanText(text) else { throw .emptyMessage }
         let key = NameRules.key(roomName)
@@ -472,34 +520,185 @@ public final class Hub: Sendable {
                 throw .banned(room.name)
             }
             state.sequence += 1
+            let stamp = stamper.next()
             let message = RoomMessage(room: room.name, sender: sender, text: text, kind: kind,
-                                      sequence: state.sequence, time: Date(), id: newMessageID(), tags: tags)
-            deliver(.message(message), to: state.members, last: session, deliverLast: echo)
+                                      sequence: state.sequence, time: stamp.time, serial: stamp.serial, tags: tags)
+            if let log, kind != .tagOnly {
+                // Queued under the room lock, so the log's order (and the publishing order) is the room's.
+                log.append(.room(message)) { [self] committed in
+                    guard committed else {
+                        report(.failure(.storeFailed("store your message")), to: session, then)
+                        return
+                    }
+                    publish(message, key: key, sender: session, echo: echo, then: then)
+                }
+            } else {
+                // Tag-only messages (typing notices, reactions) are not history: published at once.
+                if kind != .tagOnly { room.recent.append(message) }
+                deliver(.message(message), to: state.members, last: session, deliverLast: echo,
+                        then: completion(then, message))
+            }
             return message
         }
         counters.messagesRelayed.add(1, ordering: .relaxed)
         return published
     }
 
+    /// Publishes a committed room message to the room's members as they are now (the log's thread).
+    private func publish(_ message: RoomMessage, key: String, sender: Session, echo: Bool, then: PublishedHandler<RoomMessage>?) {
+        let after = completion(then, message)
+        while true {
+            // With no room (everyone left), the message only joins the replay, under the `rooms` lock so
+            // that a joiner recreating the room meanwhile sees it there.
+            let room = rooms.withLock { rooms -> Room? in
+                if let room = rooms[key] { return room }
+                recentMessages(forKey: key).append(message)
+                return nil
+            }
+            guard let room else {
+                if let after { sender.sink.eventLoop.execute(after) }
+                return
+            }
+            let published = room.state.withLock { state -> Bool in
+                if state.closed { return false }
+                room.recent.append(message)
+                deliver(.message(message), to: state.members, last: sender, deliverLast: echo, then: after)
+                return true
+            }
+            if published { return }
+        }
+    }
+
+    private func completion<Message: Sendable>(_ then: PublishedHandler<Message>?, _ message: Message) -> (@Sendable () -> Void)? {
+        guard let then else { return nil }
+        return { then(.success(message)) }
+    }
+
+    /// Tells a sender's door what became of its message, on the sender's loop.
+    private func report<Message: Sendable>(_ result: Result<Message, HubError>, to session: Session, _ then: PublishedHandler<Message>?) {
+        guard let then else { return }
+        session.sink.eventLoop.execute { then(result) }
+    }
+
     /// A direct message to every session of a name; the sender gets an echo after the recipients.
-    @discardableResult
+    /// With a history, it is stored first, and a message to an account that is offline is kept and
+    /// handed over at its next login (`deliverPending`). Finding out whether an offline name is an
+    /// account takes a store lookup, so `noSuchUser` may come through `then` rather than be thrown.
     public func direct(_ session: Session, to name: String, text: String, kind: MessageKind = .say,
-                       tags: [MessageTag] = [], echo: Bool = true) throws(HubError) -> DirectMessage {
+                       tags: [MessageTag] = [], echo: Bool = true, then: PublishedHandler<DirectMessage>? = nil) throws(HubError) {
         if config.requireLogin && !session.isLoggedIn { throw .loginRequired }
         guard let text = kind == .tagOnly ? "" : NameRules.cleanText(text) else { throw .emptyMessage }
-        let recipients = sessions(named: name)
-        guard let first = recipients.first else { throw .noSuchUser(name) }
         let sender = session.speaker
-        let message = DirectMessage(from: sender, to: first.name, text: text, kind: kind, echo: false,
-                                    id: newMessageID(), tags: tags)
-        deliver(.direct(message), to: recipients)
-        let copy = DirectMessage(from: sender, to: first.name, text: text, kind: kind, echo: true,
-                                 time: message.time, id: message.id, tags: tags)
-        if echo && session.receivesOwnMessages {
-            deliver(.direct(copy), to: [session])
+        let outgoing: @Sendable (String, (serial: UInt64, time: Date), DirectMessage.Delivery) -> DirectMessage = { to, stamp, delivery in
+            DirectMessage(from: sender, to: to, text: text, kind: kind, echo: false, time: stamp.time,
+                          serial: stamp.serial, tags: tags, delivery: delivery)
         }
-        counters.messagesRelayed.add(1, ordering: .relaxed)
-        return copy
+        let echoCopy = echo && session.receivesOwnMessages
+        // Resolved and queued under the registry lock: a login (a rename under the same lock) either
+        // comes first and gets it live, or comes after and claims it from the log.
+        let sent: Bool = registry.withLock { registry in
+            let recipients = (registry.byName[NameRules.key(name)] ?? []).compactMap { registry.sessions[$0] }
+            guard let first = recipients.first else { return false }
+            let message = outgoing(first.name, stamper.next(), .live)
+            sendLive(message, from: session, to: recipients, echo: echoCopy, then: then)
+            return true
+        }
+        if sent {
+            counters.messagesRelayed.add(1, ordering: .relaxed)
+            return
+        }
+        guard log != nil, kind != .tagOnly else { throw .noSuchUser(name) }
+        Task {
+            let exists: Bool
+            do throws(HubError) {
+                exists = try await accountExists(name)
+            } catch {
+                report(.failure(error), to: session, then)
+                return
+            }
+            guard exists else {
+                report(.failure(.noSuchUser(name)), to: session, then)
+                return
+            }
+            registry.withLock { registry in
+                let recipients = (registry.byName[NameRules.key(name)] ?? []).compactMap { registry.sessions[$0] }
+                if let first = recipients.first {
+                    sendLive(outgoing(first.name, stamper.next(), .live), from: session, to: recipients, echo: echoCopy, then: then)
+                } else {
+                    keepForLater(outgoing(name, stamper.next(), .queued), from: session, account: NameRules.key(name), echo: echoCopy, then: then)
+                }
+            }
+            counters.messagesRelayed.add(1, ordering: .relaxed)
+        }
+    }
+
+    /// Who a session is in a direct conversation: its account, or, for a guest, its name (marked, so no
+    /// account can read a guest's conversations by taking its name).
+    private static func participant(account: String?, name: String) -> String {
+        account.map(NameRules.key) ?? "~" + NameRules.key(name)
+    }
+
+    /// The key both parties' direct messages are stored under.
+    static func conversation(_ a: String, _ b: String) -> String {
+        a < b ? "@\(a) \(b)" : "@\(b) \(a)"
+    }
+
+    private func sendLive(_ message: DirectMessage, from session: Session, to recipients: [Session], echo: Bool,
+                          then: PublishedHandler<DirectMessage>?) {
+        let echoed = message.with(echo: true, delivery: .live)
+        let publish: @Sendable () -> Void = { [self] in
+            let present = recipients.filter { $0.state.withLock { $0.connected } }
+            deliver(.direct(message), to: present)
+            let after = completion(then, echoed)
+            if echo {
+                deliver(.direct(echoed), to: [session], then: after)
+            } else if let after {
+                session.sink.eventLoop.execute(after)
+            }
+            // Everyone it was for left before it could be handed over: keep it for the account.
+            if present.isEmpty, let account = recipients.first?.account { log?.markPending(serial: message.serial, account: NameRules.key(account)) }
+        }
+        guard let log, message.kind != .tagOnly else { return publish() }
+        let recipient = recipients[0]
+        let conversation = Self.conversation(Self.participant(account: session.account, name: session.name),
+                                             Self.participant(account: recipient.account, name: recipient.name))
+        log.append(.direct(message, conversation: conversation, pendingFor: nil)) { [self] committed in
+            guard committed else { return report(.failure(.storeFailed("store your message")), to: session, then) }
+            publish()
+        }
+    }
+
+    private func keepForLater(_ message: DirectMessage, from session: Session, account: String, echo: Bool,
+                              then: PublishedHandler<DirectMessage>?) {
+        guard let log else { return }
+        let conversation = Self.conversation(Self.participant(account: session.account, name: session.name), account)
+        let echoed = message.with(echo: true, delivery: .queued)
+        log.append(.direct(message, conversation: conversation, pendingFor: account)) { [self] committed in
+            guard committed else { return report(.failure(.storeFailed("store your message")), to: session, then) }
+            let after = completion(then, echoed)
+            if echo {
+                deliver(.direct(echoed), to: [session], then: after)
+            } else if let after {
+                session.sink.eventLoop.execute(after)
+            }
+        }
+    }
+
+    /// Runs `body` once every message accepted before this call has been published (at once without
+    /// a history). A client that pings to learn that everything before has arrived relies on this.
+    public func afterPublished(_ body: @escaping @Sendable () -> Void) {
+        if let log { log.barrier(body) } else { body() }
+    }
+
+    /// Hands a session that just logged in the direct messages its account received while offline,
+    /// oldest first, marked as late. Each is handed over once.
+    public func deliverPending(to session: Session) async {
+        guard let log, let account = session.account else { return }
+        guard let kept = try? await log.claimPending(account: NameRules.key(account)), !kept.isEmpty else { return }
+        for item in kept {
+            guard case .direct(let message, _, _) = item else { continue }
+            deliver(.direct(message.with(echo: false, delivery: .late)), to: [session])
+        }
     }
 
     /// A server notice to everyone connected.
@@ -691,11 +890,6 @@ public final class Hub: Sendable {
         registry.byName[key] = ids.isEmpty ? nil : ids
     }
 
-    /// Unique for the life of the data directory's server run: a random prefix per start and a counter.
-    private func newMessageID() -> String {
-        "\(messageIDPrefix)-\(nextMessageNumber.wrappingAdd(1, ordering: .relaxed).oldValue)"
-    }
-
     private func newGuestName() -> String {
         "guest-\(nextGuestNumber.wrappingAdd(1, ordering: .relaxed).oldValue)"
     }
@@ -713,11 +907,78 @@ public final class Hub: Sendable {
         return String(address[..<colon])
     }
 
+    // MARK: History
+
+    /// The history key of a target as `session` may read it: a room it is in, or its direct
+    /// conversation with a name (logged-in users only). Returns the key and the target's display name.
+    public func historyTarget(for session: Session, _ target: String) throws(HubError) -> (key: String, name: String) {
+        guard log != nil else { throw .historyUnavailable }
+        if target.hasPrefix("#") {
+            if let error = NameRules.validateRoom(target) { throw error }
+            let key = NameRules.key(target)
+            guard session.roomKeys.contains(key) else { throw .notInRoom(roomName(target) ?? target) }
+            return (key, roomName(target) ?? target)
+        }
+        guard let account = session.account else { throw .historyNeedsLogin }
+        if let error = NameRules.validateName(target) { throw error }
+        let other = sessions(named: target).first
+        let peer = other.map { Self.participant(account: $0.account, name: $0.name) } ?? NameRules.key(target)
+        return (Self.conversation(NameRules.key(account), peer), other?.name ?? target)
+    }
+
+    /// Messages of a target (see `historyTarget`), oldest first, never older than the retention period.
+    public func history(_ key: String, _ range: HistoryRange) async throws(HubError) -> [LoggedMessage] {
+        guard let log else { throw .historyUnavailable }
+        var range = range
+        if let cutoff = retentionCutoff {
+            range.after = max(range.after ?? .before(cutoff), .before(cutoff))
+        }
+        do {
+            return try await log.messages(target: key, in: range)
+        } catch {
+            throw .storeFailed("read the history")
+        }
+    }
+
+    /// Where a message (by IRC msgid) stands in a target's history; nil if the target has no such message.
+    public func historyCursor(msgid: String, in key: String) async throws(HubError) -> HistoryCursor? {
+        guard let log else { throw .historyUnavailable }
+        guard let serial = MessageID.serial(msgid) else { return nil }
+        do {
+            guard let found = try await log.message(serial: serial), found.target == key else { return nil }
+            return found.message.cursor
+        } catch {
+            throw .storeFailed("read the history")
+        }
+    }
+
+    /// The session's rooms and direct conversations with messages between two times, with the time of
+    /// the latest; a conversation is named by the other party.
+    public func historyTargets(for session: Session, from: Date, to: Date, limit: Int) async throws(HubError) -> [(name: String, latest: Date)] {
+        guard let log else { throw .historyUnavailable }
+        let me = session.account.map(NameRules.key)
+        let rooms = session.roomKeys
+        let found: [(target: String, latest: Date)]
+        do {
+            found = try await log.activeTargets(rooms: rooms, conversationsOf: me, from: from, to: to, limit: limit)
+        } catch {
+            throw .storeFailed("read the history")
+        }
+        return found.map { item in
+            guard item.target.hasPrefix("@"), let me else { return (roomName(item.target) ?? item.target, item.latest) }
+            let parties = item.target.dropFirst().split(separator: " ").map(String.init)
+            let other = parties.first { $0 != me } ?? me
+            return (other.hasPrefix("~") ? String(other.dropFirst()) : other, item.latest)
+        }
+    }
+
     // MARK: Fan-out
 
     /// Hands an event to recipients: rendered once per wire format, one task per event loop,
     /// each recipient flushed once. `last`, when given, is handed its copy after everyone else.
-    func deliver(_ event: HubEvent, to recipients: [Session], last: Session? = nil, deliverLast: Bool = true) {
+    /// `then` runs after all of it, on the loop of `last` (or of the only recipient).
+    func deliver(_ event: HubEvent, to recipients: [Session], last: Session? = nil, deliverLast: Bool = true,
+                 then: (@Sendable () -> Void)? = nil) {
         var rendered: [(format: ObjectIdentifier, bytes: ByteBuffer?)] = []
         var batches: [(loop: any EventLoop, items: [(any SessionSink, ByteBuffer)])] = []
         var count = 0
@@ -751,12 +1012,24 @@ public final class Hub: Sendable {
                 batches.append(batches.remove(at: index))
             }
         }
-        for batch in batches {
+        // `then` rides on the last batch when that is its loop's; otherwise (an IRC sender without
+        // echo-message gets no copy) it is a task of its own on that loop, after the batches.
+        let thenLoop = (last ?? recipients.first)?.sink.eventLoop
+        var rideAlong = false
+        if then != nil, let thenLoop, let lastBatch = batches.last {
+            rideAlong = ObjectIdentifier(lastBatch.loop) == ObjectIdentifier(thenLoop)
+        }
+        for (index, batch) in batches.enumerated() {
             let items = batch.items
+            let after = rideAlong && index == batches.count - 1 ? then : nil
             batch.loop.execute {
                 for (sink, bytes) in items { sink.enqueue(bytes) }
                 for (sink, _) in items { sink.flushQueued() }
+                after?()
             }
+        }
+        if let then, !rideAlong {
+            if let thenLoop { thenLoop.execute(then) } else { then() }
         }
         counters.deliveries.add(count, ordering: .relaxed)
     }

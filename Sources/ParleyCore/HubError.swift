@@ -25,6 +25,8 @@ public enum HubError: Error, Equatable, Sendable {
     case userNotInRoom(name: String, room: String)
     case alreadyInRoom(name: String, room: String)
     case tooManyAttempts
+    case historyUnavailable
+    case historyNeedsLogin
 
     public var message: String {
         switch self {
@@ -50,6 +52,8 @@ public enum HubError: Error, Equatable, Sendable {
         case .userNotInRoom(let name, let room): return "\(name) is not in \(room)."
         case .alreadyInRoom(let name, let room): return "\(name) is already in \(room)."
         case .tooManyAttempts: return "Too many failed logins for this account or from your address; wait a few seconds and try again."
+        case .historyUnavailable: return "This server keeps no history (it runs with --history off)."
+        case .historyNeedsLogin: return "Only logged-in users have a direct-message history; /login first."
         }
     }
 }

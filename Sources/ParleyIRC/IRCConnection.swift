@@ -25,6 +25,8 @@ public struct IRCDoorConfig: Sendable {
     public var serverPassword: String?
     /// Whether draft/account-registration's REGISTER works before the connection is registered.
     public var registrationBeforeConnect = true
+    /// The most messages one CHATHISTORY returns; nil: the server keeps no history (no draft/chathistory).
+    public var historyLimit: Int?
 
     public init() {}
 }
@@ -39,12 +41,17 @@ enum IRCCapabilities {
         ("multi-prefix", nil), ("sasl", "PLAIN"), ("server-time", nil), ("standard-replies", nil),
         ("userhost-in-names", nil),
     ]
-    static let names = Set(offered.map(\.name))
+    /// draft/chathistory is offered only by a server that keeps history.
+    static let history = (name: "draft/chathistory", value: String?.none)
 
-    static func list(withValues: Bool, registrationBeforeConnect: Bool) -> String {
-        offered.map { cap in
+    static func offered(_ config: IRCDoorConfig) -> [(name: String, value: String?)] {
+        config.historyLimit == nil ? offered : offered + [history]
+    }
+
+    static func list(withValues: Bool, config: IRCDoorConfig) -> String {
+        offered(config).map { cap in
             var value = cap.value
-            if cap.name == "draft/account-registration" && !registrationBeforeConnect { value = nil }
+            if cap.name == "draft/account-registration" && !config.registrationBeforeConnect { value = nil }
             return withValues ? value.map { "\(cap.name)=\($0)" } ?? cap.name : cap.name
         }.joined(separator: " ")
     }
@@ -94,6 +101,11 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     private var heardSinceLastCheck = true
     private var pingOutstanding = false
     private var keepAlive: RepeatedTask?
+    /// Chat messages this client sent that the hub has not published yet (they are being stored).
+    private var unpublished = 0
+    /// A command that came while `unpublished` > 0: it waits, so that its replies do not overtake
+    /// the echoes and errors of the messages before it.
+    private var heldCommand: IRCMessage?
 
     public init(hub: Hub, config: IRCDoorConfig, formats: IRCFormats) {
         self.hub = hub
@@ -227,12 +239,34 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             numeric(context, "421", String(line.prefix(32)), "Unknown command")
             return
         }
+        if unpublished > 0 && !Self.chatCommands.contains(message.command) {
+            heldCommand = message
+            pendingWork += 1
+            return
+        }
+        run(message, context)
+    }
+
+    private static let chatCommands: Set<String> = ["PRIVMSG", "NOTICE", "TAGMSG"]
+
+    private func run(_ message: IRCMessage, _ context: ChannelHandlerContext) {
         if capabilities.contains("labeled-response"), let value = message.tag("label")?.value {
             label = value
             labeledReplies = []
         }
         dispatch(message, context)
         finishLabeledResponse(context)
+    }
+
+    /// A chat message of this client was published (or refused): run a command that waited for that.
+    private func messagePublished(_ context: ChannelHandlerContext) {
+        unpublished -= 1
+        guard unpublished == 0, let held = heldCommand else { return }
+        heldCommand = nil
+        pendingWork -= 1
+        if !closing { run(held, context) }
+        flushIfNeeded(context)
+        resume(context)
     }
 
     /// Sends a labeled command's replies once it is done: ACK for none, the label on a single reply,
@@ -242,6 +276,10 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         self.label = nil
         let replies = labeledReplies
         labeledReplies = []
+        writeLabeledResponse(replies, label: label, context)
+    }
+
+    private func writeLabeledResponse(_ replies: [IRCMessage], label: String, _ context: ChannelHandlerContext) {
         let labelTag = IRCMessage.Tag("label", label)
         switch replies.count {
         case 0:
@@ -255,7 +293,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             nextBatchNumber += 1
             write(context, IRCMessage(tags: [labelTag], source: config.serverName, "BATCH", ["+" + id, "labeled-response"]))
             for var reply in replies {
-                reply.tags.insert(.init("batch", id), at: 0)
+                // Lines of a batch inside this one (a chathistory batch) keep their own batch tag.
+                if !reply.tags.contains(where: { $0.key == "batch" }) { reply.tags.insert(.init("batch", id), at: 0) }
                 write(context, reply)
             }
             write(context, IRCMessage(source: config.serverName, "BATCH", ["-" + id]))
@@ -273,7 +312,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         "LIST": (0, false), "ISON": (1, false), "USERHOST": (1, false), "MOTD": (0, false),
         "LUSERS": (0, false), "VERSION": (0, false), "TIME": (0, false), "AWAY": (0, false),
         "KICK": (2, false), "INVITE": (0, false), "AUTHENTICATE": (1, true), "REGISTER": (3, true),
-        "OPER": (2, false), "KILL": (1, false), "TAGMSG": (1, false),
+        "OPER": (2, false), "KILL": (1, false), "TAGMSG": (1, false), "CHATHISTORY": (1, false),
     ]
 
     private func dispatch(_ message: IRCMessage, _ context: ChannelHandlerContext) {
@@ -311,7 +350,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             // know that the effects of their earlier commands have all arrived.
             let pong = IRCMessage(source: config.serverName, "PONG", [config.serverName, token])
             if session != nil {
-                afterQueuedEvents(context) { handler, context in handler.send(context, pong) }
+                // After every message accepted before it, from anyone, has been published to this client.
+                afterPublished(context) { handler, context in handler.send(context, pong) }
             } else {
                 send(context, pong)
             }
@@ -361,6 +401,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
                 return "\(speaker.name)=\(other.away == nil ? "+" : "-")\(speaker.user)@\(speaker.host)"
             }
             numeric(context, "302", replies.joined(separator: " "))
+        case "CHATHISTORY": chathistory(params, context)
         case "MOTD": motd(context)
         case "LUSERS": lusers(context)
         case "VERSION":
@@ -396,13 +437,14 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         case "LS":
             if session == nil { capNegotiating = true }
             let withValues = (params.count > 1 ? Int(params[1]) ?? 0 : 0) >= 302
-            send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "LS", IRCCapabilities.list(withValues: withValues, registrationBeforeConnect: config.registrationBeforeConnect)]))
+            send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "LS", IRCCapabilities.list(withValues: withValues, config: config)]))
         case "LIST":
             send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "LIST", capabilities.sorted().joined(separator: " ")]))
         case "REQ":
             if session == nil { capNegotiating = true }
             let requested = (params.count > 1 ? params[1] : "").split(separator: " ").map(String.init)
-            let known = requested.allSatisfy { IRCCapabilities.names.contains($0.hasPrefix("-") ? String($0.dropFirst()) : $0) }
+            let names = Set(IRCCapabilities.offered(config).map(\.name))
+            let known = requested.allSatisfy { names.contains($0.hasPrefix("-") ? String($0.dropFirst()) : $0) }
             guard known, !requested.isEmpty else {
                 send(context, IRCMessage(source: config.serverName, "CAP", [currentNick, "NAK", requested.joined(separator: " ")]))
                 return
@@ -526,6 +568,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         hub.counters.unregisteredConnections.subtract(1, ordering: .relaxed)
         welcome(context)
         if case .reservedNick = outcome { startGracePeriod(context) }
+        if account != nil, let session { deliverPending(to: session) }
     }
 
     /// A guest using a registered nick: told to identify, and renamed when the grace period ends.
@@ -608,6 +651,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             if let session {
                 do throws(HubError) {
                     try hub.adopt(session, account: name, keepName: true)
+                    handler.deliverPending(to: session)
                 } catch {
                     handler.numeric(context, "FAIL", error.message)
                 }
@@ -617,6 +661,12 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         } onError: { handler, context, _ in
             failure(handler, context)
         }
+    }
+
+    /// Direct messages kept while the account was offline, after the replies to the login.
+    private func deliverPending(to session: Session) {
+        let hub = self.hub
+        Task { await hub.deliverPending(to: session) }
     }
 
     private func loggedInNumeric(_ context: ChannelHandlerContext, account: String) {
@@ -803,7 +853,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             "CHANTYPES=#", "HOSTLEN=64", "MAXTARGETS=4", "MODES=4", "NETWORK=\(config.network)",
             "NICKLEN=\(NameRules.nameLength.upperBound)", "PREFIX=(ov)@+", "TARGMAX=JOIN:,KICK:,NAMES:,PART:,PRIVMSG:4,NOTICE:4,WHOIS:1",
             "TOPICLEN=300", "USERLEN=20", "UTF8ONLY", "WHOX",
-        ]
+        ] + (config.historyLimit.map { ["CHATHISTORY=\($0)", "MSGREFTYPES=msgid,timestamp"] } ?? [])
     }
 
     private func isupport(_ context: ChannelHandlerContext) {
@@ -914,36 +964,216 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
                 if command == "PRIVMSG" { nickServ(text, context) }
                 continue
             }
+            // A labeled message's echo is this command's response, so it carries the label: the door
+            // sends it, once the hub has published the message, instead of the hub.
+            let echoLabel = capabilities.contains("echo-message") ? label : nil
+            if echoLabel != nil { label = nil }
+            let format = formats.format(IRCRenderOptions(capabilities: capabilities))
             do {
-                // A labeled message's echo is this command's response, so it carries the label: the
-                // door sends it instead of the hub.
-                let echoHere = label != nil && capabilities.contains("echo-message")
-                let format = formats.format(IRCRenderOptions(capabilities: capabilities))
                 if target.hasPrefix("#") {
-                    let message = try hub.say(session, room: target, text: text, kind: kind, tags: tags, echo: !echoHere)
-                    if echoHere, let echo = format.message(for: .message(message)) { send(context, echo) }
+                    try hub.say(session, room: target, text: text, kind: kind, tags: tags, echo: echoLabel == nil,
+                                then: publishedHandler(context, command: command, target: target, label: echoLabel) { format.message(for: .message($0)) })
                 } else {
-                    let message = try hub.direct(session, to: target, text: text, kind: kind, tags: tags, echo: !echoHere)
-                    if echoHere, let echo = format.message(for: .direct(message)) { send(context, echo) }
+                    try hub.direct(session, to: target, text: text, kind: kind, tags: tags, echo: echoLabel == nil,
+                                   then: publishedHandler(context, command: command, target: target, label: echoLabel) { format.message(for: .direct($0)) })
                     if kind == .say || kind == .action, let away = hub.sessions(named: target).first?.away {
                         numeric(context, "301", target, away)
                     }
                 }
-            } catch where command == "NOTICE" {
-                // A NOTICE never gets an automatic reply, not even an error.
-                continue
-            } catch .noSuchUser {
-                numeric(context, "401", target, "No such nick/channel")
-            } catch .noSuchRoom, .badRoom {
-                numeric(context, "403", target, "No such channel")
-            } catch .emptyMessage {
-                numeric(context, "412", "No text to send")
-            } catch .moderated, .banned, .notInRoom {
-                numeric(context, "404", target, "Cannot send to channel")
+                unpublished += 1
             } catch {
-                numeric(context, "404", target, "Cannot send to channel: \(error.message)")
+                // A NOTICE never gets an automatic reply, not even an error.
+                let reply = command == "NOTICE" ? nil : chatErrorReply(error, target: target)
+                if let echoLabel {
+                    writeLabeledResponse(reply.map { [$0] } ?? [], label: echoLabel, context)
+                } else if let reply {
+                    send(context, reply)
+                }
             }
         }
+    }
+
+    /// What the hub calls back with once a chat message is published (or refused): the labeled echo,
+    /// or the error, in order with this client's other replies.
+    private func publishedHandler<Message: Sendable>(_ context: ChannelHandlerContext, command: String, target: String, label: String?,
+                                                     render: @escaping @Sendable (Message) -> IRCMessage?) -> PublishedHandler<Message> {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        return { result in
+            let (handler, context) = bound.value
+            var replies: [IRCMessage] = []
+            switch result {
+            case .success(let message):
+                if label != nil, let echo = render(message) { replies.append(echo) }
+            case .failure(let error):
+                if command != "NOTICE" { replies.append(handler.chatErrorReply(error, target: target)) }
+            }
+            if !handler.closing {
+                if let label {
+                    handler.writeLabeledResponse(replies, label: label, context)
+                } else {
+                    for reply in replies { handler.write(context, reply) }
+                }
+            }
+            handler.messagePublished(context)
+            handler.flushIfNeeded(context)
+        }
+    }
+
+    private func chatErrorReply(_ error: HubError, target: String) -> IRCMessage {
+        switch error {
+        case .noSuchUser: return numericMessage("401", [target, "No such nick/channel"])
+        case .noSuchRoom, .badRoom: return numericMessage("403", [target, "No such channel"])
+        case .emptyMessage: return numericMessage("412", ["No text to send"])
+        case .moderated, .banned, .notInRoom: return numericMessage("404", [target, "Cannot send to channel"])
+        default: return numericMessage("404", [target, "Cannot send to channel: \(error.message)"])
+        }
+    }
+
+    // MARK: History (draft/chathistory)
+
+    /// A `timestamp=` or `msgid=` reference, or `*`.
+    private enum HistoryReference: Sendable {
+        case latest
+        case time(Date)
+        case msgid(String)
+    }
+
+    /// `CHATHISTORY BEFORE|AFTER|LATEST|AROUND target ref limit`, `BETWEEN target ref ref limit`,
+    /// `TARGETS timestamp timestamp limit`. Answers with a `chathistory` batch (plain lines without
+    /// `batch`), oldest first.
+    private func chathistory(_ params: [String], _ context: ChannelHandlerContext) {
+        guard let session else { return }
+        let subcommand = params[0].uppercased()
+        func fail(_ code: String, _ rest: [String]) {
+            send(context, IRCMessage(source: config.serverName, "FAIL", ["CHATHISTORY", code, params[0]] + rest))
+        }
+        guard let maxLimit = config.historyLimit else {
+            fail("MESSAGE_ERROR", [params.count > 1 ? params[1] : "*", "This server keeps no history"])
+            return
+        }
+        let expected: Int
+        switch subcommand {
+        case "BEFORE", "AFTER", "LATEST", "AROUND", "TARGETS": expected = 4
+        case "BETWEEN": expected = 5
+        default:
+            fail("INVALID_PARAMS", ["Unknown command"])
+            return
+        }
+        guard params.count >= expected else { fail("INVALID_PARAMS", ["Insufficient parameters"]); return }
+        guard params.count == expected else { fail("INVALID_PARAMS", ["Too many parameters"]); return }
+        // Like other servers: a limit that is missing, zero or above the maximum means the maximum.
+        let asked = Int(params[expected - 1]) ?? 0
+        let limit = asked > 0 ? min(asked, maxLimit) : maxLimit
+
+        var parsed: [HistoryReference] = []
+        for text in params[(subcommand == "TARGETS" ? 1 : 2)..<(expected - 1)] {
+            if text == "*" && subcommand == "LATEST" {
+                parsed.append(.latest)
+            } else if text.hasPrefix("timestamp="), let date = Milliseconds.parse(String(text.dropFirst(10))) {
+                parsed.append(.time(date))
+            } else if text.hasPrefix("msgid="), subcommand != "TARGETS" {
+                parsed.append(.msgid(String(text.dropFirst(6))))
+            } else {
+                fail("INVALID_PARAMS", [text, text.hasPrefix("timestamp=") ? "Invalid timestamp" : "Invalid message reference"])
+                return
+            }
+        }
+        let hub = self.hub
+        let format = formats.format(IRCRenderOptions(capabilities: capabilities))
+        let serverName = config.serverName
+        let references = parsed
+
+        if subcommand == "TARGETS" {
+            guard case .time(let first) = references[0], case .time(let second) = references[1] else { return }
+            runSlowCommand(context) { () throws(HubError) in
+                try await hub.historyTargets(for: session, from: min(first, second), to: max(first, second), limit: limit)
+            } then: { handler, context, targets in
+                let lines = targets.map { IRCMessage(source: serverName, "CHATHISTORY", ["TARGETS", $0.name, Milliseconds.iso8601($0.latest)]) }
+                handler.sendBatch(context, type: ["draft/chathistory-targets"], lines)
+            } onError: { handler, context, _ in
+                handler.send(context, IRCMessage(source: serverName, "FAIL", ["CHATHISTORY", "MESSAGE_ERROR", params[0], "*", "Messages could not be retrieved"]))
+            }
+            return
+        }
+
+        let target = params[1]
+        let key: String
+        do {
+            key = try hub.historyTarget(for: session, target).key
+        } catch {
+            fail("INVALID_TARGET", [target, "Messages could not be retrieved"])
+            return
+        }
+        runSlowCommand(context) { () throws(HubError) -> [LoggedMessage]? in
+            // Where a reference stands: nil for a msgid that is not in this target's history.
+            func position(_ reference: HistoryReference, asLowerBound lower: Bool) async throws(HubError) -> HistoryCursor? {
+                switch reference {
+                case .latest: return nil
+                case .time(let date): return lower ? .after(date) : .before(date)
+                case .msgid(let id): return try await hub.historyCursor(msgid: id, in: key)
+                }
+            }
+            func fetch(after: HistoryCursor? = nil, before: HistoryCursor? = nil, newestFirst: Bool, count: Int = limit) async throws(HubError) -> [LoggedMessage] {
+                try await hub.history(key, HistoryRange(after: after, before: before, limit: count, newestFirst: newestFirst))
+            }
+            let reference = references[0]
+            switch subcommand {
+            case "LATEST":
+                if case .latest = reference { return try await fetch(newestFirst: true) }
+                guard let after = try await position(reference, asLowerBound: true) else { return nil }
+                return try await fetch(after: after, newestFirst: true)
+            case "BEFORE":
+                guard let before = try await position(reference, asLowerBound: false) else { return nil }
+                return try await fetch(before: before, newestFirst: true)
+            case "AFTER":
+                guard let after = try await position(reference, asLowerBound: true) else { return nil }
+                return try await fetch(after: after, newestFirst: false)
+            case "AROUND":
+                // Half the limit before the reference, the rest from there on (the reference included).
+                guard let center = try await position(reference, asLowerBound: false) else { return nil }
+                let half = (limit + 1) / 2
+                let earlier = try await fetch(before: center, newestFirst: true, count: half)
+                let start = earlier.count == half ? earlier.first?.cursor : nil
+                return try await fetch(after: start, newestFirst: false)
+            default: // BETWEEN: counted from the first reference towards the second, either way in time.
+                guard let firstLow = try await position(reference, asLowerBound: true),
+                      let firstHigh = try await position(reference, asLowerBound: false),
+                      let secondLow = try await position(references[1], asLowerBound: true),
+                      let secondHigh = try await position(references[1], asLowerBound: false) else { return nil }
+                if firstHigh <= secondHigh {
+                    return try await fetch(after: firstLow, before: secondHigh, newestFirst: false)
+                }
+                return try await fetch(after: secondLow, before: firstHigh, newestFirst: true)
+            }
+        } then: { handler, context, found in
+            // Without event playback only PRIVMSG and NOTICE are replayed.
+            let lines = (found ?? []).compactMap { logged -> IRCMessage? in
+                switch logged {
+                case .room(let message) where message.kind != .tagOnly: return format.message(for: .message(message), stored: true)
+                case .direct(let message, _, _) where message.kind != .tagOnly: return format.message(for: .direct(message), stored: true)
+                default: return nil
+                }
+            }
+            handler.sendBatch(context, type: ["chathistory", target], lines)
+        } onError: { handler, context, _ in
+            handler.send(context, IRCMessage(source: serverName, "FAIL", ["CHATHISTORY", "MESSAGE_ERROR", params[0], target, "Messages could not be retrieved"]))
+        }
+    }
+
+    /// Lines in a batch of the given type when the client has `batch`, as they are otherwise.
+    private func sendBatch(_ context: ChannelHandlerContext, type: [String], _ lines: [IRCMessage]) {
+        guard capabilities.contains("batch") else {
+            for line in lines { send(context, line) }
+            return
+        }
+        let id = "b\(nextBatchNumber)"
+        nextBatchNumber += 1
+        send(context, IRCMessage(source: config.serverName, "BATCH", ["+" + id] + type))
+        for var line in lines {
+            line.tags.insert(.init("batch", id), at: 0)
+            send(context, line)
+        }
+        send(context, IRCMessage(source: config.serverName, "BATCH", ["-" + id]))
     }
 
     private func names(_ channel: String, _ context: ChannelHandlerContext, endOfList: Bool = true) {
@@ -1288,6 +1518,21 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Like `afterQueuedEvents`, but also after every chat message accepted so far (by anyone) has been
+    /// stored and published: what a PONG promises a client that uses PING to wait for its messages.
+    private func afterPublished(_ context: ChannelHandlerContext, _ body: @escaping (IRCConnectionHandler, ChannelHandlerContext) -> Void) {
+        pendingWork += 1
+        let bound = NIOLoopBound((self, context, body), eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        hub.afterPublished {
+            loop.execute {
+                let (handler, context, body) = bound.value
+                handler.pendingWork -= 1
+                handler.afterQueuedEvents(context, body)
+            }
+        }
+    }
+
     /// Runs a command that awaits (the store, the password hasher) off the loop, reading no further
     /// line until it is answered.
     private func runSlowCommand<T: Sendable>(
@@ -1328,11 +1573,14 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     }
 
     func numeric(_ context: ChannelHandlerContext, _ code: String, _ params: [String]) {
+        send(context, numericMessage(code, params))
+    }
+
+    private func numericMessage(_ code: String, _ params: [String]) -> IRCMessage {
         if code == "FAIL" {
-            send(context, IRCMessage(source: config.serverName, "NOTICE", [currentNick, params.joined(separator: " ")]))
-        } else {
-            send(context, IRCMessage(source: config.serverName, code, [currentNick] + params))
+            return IRCMessage(source: config.serverName, "NOTICE", [currentNick, params.joined(separator: " ")])
         }
+        return IRCMessage(source: config.serverName, code, [currentNick] + params)
     }
 
     private func send(_ context: ChannelHandlerContext, _ message: IRCMessage) {

@@ -13,6 +13,9 @@ public struct IRCRenderOptions: Hashable, Sendable {
     public var awayNotify = false
     public var accountNotify = false
     public var messageTags = false
+    public var batch = false
+    /// The client asks for history itself (draft/chathistory): no replay on join.
+    public var chathistory = false
     public init() {}
 
     public init(capabilities: Set<String>) {
@@ -22,6 +25,8 @@ public struct IRCRenderOptions: Hashable, Sendable {
         awayNotify = capabilities.contains("away-notify")
         accountNotify = capabilities.contains("account-notify")
         messageTags = capabilities.contains("message-tags")
+        batch = capabilities.contains("batch")
+        chathistory = capabilities.contains("draft/chathistory")
     }
 }
 
@@ -36,11 +41,35 @@ public final class IRCFormat: WireFormat {
     }
 
     public func render(_ event: HubEvent) -> ByteBuffer? {
+        if case .history(let room, let messages) = event {
+            let lines = replay(room: room, messages)
+            guard !lines.isEmpty else { return nil }
+            return ByteBuffer(string: lines.map { $0.serialized() + "\r\n" }.joined())
+        }
         guard let message = message(for: event) else { return nil }
         return ByteBuffer(string: message.serialized() + "\r\n")
     }
 
-    func message(for event: HubEvent) -> IRCMessage? {
+    /// A room's recent messages for a client that just joined and does not fetch history itself: in a
+    /// `chathistory` batch when it has `batch`; with their time as a tag (server-time) or, failing
+    /// that, in front of the text.
+    func replay(room: String, _ messages: [RoomMessage]) -> [IRCMessage] {
+        guard !options.chathistory else { return [] }
+        let lines = messages.compactMap { message(for: .message($0), stored: true) }
+        guard options.batch, !lines.isEmpty else { return lines }
+        let id = "h" + (messages.first.map { MessageID.string($0.serial) } ?? "0")
+        return [IRCMessage(source: serverName, "BATCH", ["+" + id, "chathistory", room])]
+            + lines.map { line in
+                var line = line
+                line.tags.insert(.init("batch", id), at: 0)
+                return line
+            }
+            + [IRCMessage(source: serverName, "BATCH", ["-" + id])]
+    }
+
+    /// `stored`: the message is shown after the fact (replay, history, a direct message kept while the
+    /// client was offline): a client without server-time gets the time in front of the text.
+    func message(for event: HubEvent, stored: Bool = false) -> IRCMessage? {
         var tags: [IRCMessage.Tag] = []
         var time = Date()
         var speaker: Speaker?
@@ -54,14 +83,17 @@ public final class IRCFormat: WireFormat {
             speaker = room.sender
             messageID = room.id
             clientTags = room.tags
-            message = Self.chat(from: room.sender, to: room.room, text: room.text, kind: room.kind)
+            message = Self.chat(from: room.sender, to: room.room, text: stored ? dated(room.text, room.time) : room.text, kind: room.kind)
+        case .history:
+            return nil
         case .direct(let direct):
             if direct.kind == .tagOnly && !options.messageTags { return nil }
             time = direct.time
             speaker = direct.from
             messageID = direct.id
             clientTags = direct.tags
-            message = Self.chat(from: direct.from, to: direct.to, text: direct.text, kind: direct.kind)
+            let late = stored || direct.delivery == .late
+            message = Self.chat(from: direct.from, to: direct.to, text: late ? dated(direct.text, direct.time) : direct.text, kind: direct.kind)
         case .joined(let room, let who):
             speaker = who
             message = IRCMessage(source: Self.mask(who), "JOIN", options.extendedJoin ? [room, who.account ?? "*", who.realName] : [room])
@@ -110,6 +142,10 @@ public final class IRCFormat: WireFormat {
         return tagged
     }
 
+    private func dated(_ text: String, _ time: Date) -> String {
+        options.serverTime ? text : "[\(Milliseconds.iso8601(time))] " + text
+    }
+
     static func chat(from: Speaker, to target: String, text: String, kind: MessageKind) -> IRCMessage {
         switch kind {
         case .say: return IRCMessage(source: mask(from), "PRIVMSG", [target, text])
@@ -130,9 +166,9 @@ public final class IRCFormat: WireFormat {
         }
     }
 
-    /// IRCv3 server-time: ISO 8601 in UTC with milliseconds.
+    /// IRCv3 server-time: ISO 8601 in UTC with milliseconds, exactly as history stores it.
     static func timestamp(_ date: Date) -> String {
-        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+        Milliseconds.iso8601(date)
     }
 }
 

@@ -12,6 +12,8 @@ public enum LineCommand: Equatable, Sendable {
     case who(String?)
     case list
     case msg(to: String, text: String)
+    /// `/history [#room|NAME] [N]`: older messages, a page at a time.
+    case history(target: String?, count: Int?)
     case help
     case quit(String?)
 }
@@ -23,6 +25,9 @@ public enum LineParseError: Error, Equatable, Sendable {
 }
 
 public enum LineParser {
+    /// The most messages one `/history` shows.
+    public static let maxHistoryPage = 200
+
     /// Every command with its form and what it does, in the order `/help` lists them.
     public static let commands: [(name: String, form: String, summary: String)] = [
         ("help", "/help", "show this list"),
@@ -36,6 +41,7 @@ public enum LineParser {
         ("who", "/who [#room]", "list the members of a room"),
         ("list", "/list", "list everyone online"),
         ("msg", "/msg NAME TEXT", "send a direct message"),
+        ("history", "/history [#room|NAME] [N]", "show N earlier messages (default 20, at most 200); again for older ones"),
         ("me", "/me ACTION", "act in the current room"),
         ("say", "/say TEXT", "say TEXT in the current room, even if it starts with /"),
         ("quit", "/quit [reason]", "leave the server (also: bye, exit)"),
@@ -76,6 +82,20 @@ public enum LineParser {
             guard words.count >= 2 else { return usage() }
             let text = String(rest.dropFirst(words[0].count)).trimmingSpaces()
             return .success(.msg(to: words[0], text: text))
+        case "history":
+            guard words.count <= 2 else { return usage() }
+            var target: String?
+            var count: Int?
+            for word in words {
+                if word.allSatisfy(\.isNumber) {
+                    guard count == nil, let number = Int(word), (1...LineParser.maxHistoryPage).contains(number) else { return usage() }
+                    count = number
+                } else {
+                    guard target == nil else { return usage() }
+                    target = word
+                }
+            }
+            return .success(.history(target: target, count: count))
         case "me": return rest.isEmpty ? usage() : .success(.me(rest))
         case "say": return rest.isEmpty ? usage() : .success(.say(rest))
         case "quit": return .success(.quit(rest.isEmpty ? nil : rest))

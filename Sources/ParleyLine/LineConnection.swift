@@ -28,6 +28,9 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
     private var session: Session?
     /// The room plain lines go to (the line protocol's idea; the hub has none).
     private var currentRoom: String?
+    /// Per history key: the oldest message this client has been shown (by the replay on join or by
+    /// `/history`), so that the next `/history` shows the page before it.
+    private var historyCursors: [String: HistoryCursor] = [:]
 
     /// A command that takes time (password hashing) is running: handle no further line until it ends.
     private var awaitingCommand = false
@@ -175,13 +178,16 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
             switch command {
             case .say(let text), .me(let text):
                 guard let room = currentRoom else { throw .noCurrentRoom }
-                if case .me = command {
-                    try hub.say(session, room: room, text: text, kind: .action)
-                } else {
-                    try hub.say(session, room: room, text: text)
-                }
+                var kind = MessageKind.say
+                if case .me = command { kind = .action }
+                // The echo (MSG) is the acknowledgement; a message that could not be stored gets an ERR instead.
+                try hub.say(session, room: room, text: text, kind: kind, then: failureReporter(context))
             case .msg(let to, let text):
-                try hub.direct(session, to: to, text: text)
+                try hub.direct(session, to: to, text: text, then: failureReporter(context))
+            case .history(let target, let count):
+                guard let target = target ?? currentRoom else { throw .noCurrentRoom }
+                let (key, name) = try hub.historyTarget(for: session, target)
+                showHistory(key: key, name: name, count: count ?? 20, context)
             case .register(let name, let password):
                 runSlowCommand(context) { () throws(HubError) in
                     try await hub.register(session, name: name, password: password)
@@ -191,6 +197,9 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
                 runSlowCommand(context) { () throws(HubError) in
                     try await hub.login(session, name: name, password: password)
                     return LineReply.ok("login", "You are now logged in as \(session.name).")
+                } then: { _, _ in
+                    // Direct messages that came while the account was offline, after the OK.
+                    Task { await hub.deliverPending(to: session) }
                 }
             case .nick(let name):
                 runSlowCommand(context) { () throws(HubError) in
@@ -203,6 +212,7 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
             case .join(let room):
                 let joined = try hub.join(session, room: room)
                 currentRoom = joined.name
+                if let oldest = joined.replayed.first { historyCursors[NameRules.key(joined.name)] = LoggedMessage.room(oldest).cursor }
                 let topic = joined.alreadyMember ? nil : hub.details(of: joined.name)?.settings.topic
                 replyAfterQueuedEvents(context, (topic.map { ["TOPIC \(joined.name) \($0.setBy): \($0.text)"] } ?? [])
                     + [LineReply.ok("join", "You are now talking in \(joined.name).")])
@@ -243,27 +253,68 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Shows a page of history: the messages before the oldest this client was shown of that target.
+    private func showHistory(key: String, name: String, count: Int, _ context: ChannelHandlerContext) {
+        let hub = self.hub
+        let before = historyCursors[key]
+        runSlowCommand(context) { () throws(HubError) -> [LoggedMessage] in
+            try await hub.history(key, HistoryRange(before: before, limit: count, newestFirst: true))
+        } then: { handler, context, page in
+            if let oldest = page.first { handler.historyCursors[key] = oldest.cursor }
+            let lines = page.compactMap { LineFormat.historyLine($0, target: name) }
+            for line in lines { handler.reply(context, line) }
+            if page.isEmpty {
+                handler.reply(context, LineReply.ok("history", before == nil ? "No messages in \(name) yet." : "No older messages in \(name)."))
+            } else {
+                handler.reply(context, LineReply.ok("history", "\(lines.count) message\(lines.count == 1 ? "" : "s") from \(name), oldest first; /history again for older ones."))
+            }
+        }
+    }
+
+    /// For a message the hub publishes later (once stored): an ERR if it could not be.
+    private func failureReporter<Message: Sendable>(_ context: ChannelHandlerContext) -> PublishedHandler<Message>? {
+        guard hub.keepsHistory else { return nil }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        return { result in
+            guard case .failure(let error) = result else { return }
+            let (handler, context) = bound.value
+            handler.reply(context, LineReply.error(error))
+            handler.flushIfNeeded(context)
+        }
+    }
+
     /// Runs a command off the event loop (it awaits the password hasher or the store) and handles no
     /// further line of this client until it is answered.
-    private func runSlowCommand(_ context: ChannelHandlerContext, _ work: @escaping @Sendable () async throws(HubError) -> String) {
+    private func runSlowCommand(_ context: ChannelHandlerContext, _ work: @escaping @Sendable () async throws(HubError) -> String,
+                                then: @escaping (LineConnectionHandler, ChannelHandlerContext) -> Void = { _, _ in }) {
+        runSlowCommand(context, work) { handler, context, answer in
+            handler.reply(context, answer)
+            then(handler, context)
+        }
+    }
+
+    /// The general form: `then` runs on the loop with the result; an error is answered with an ERR.
+    private func runSlowCommand<T: Sendable>(_ context: ChannelHandlerContext, _ work: @escaping @Sendable () async throws(HubError) -> T,
+                                             then: @escaping (LineConnectionHandler, ChannelHandlerContext, T) -> Void) {
         awaitingCommand = true
         pause(context)
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let bound = NIOLoopBound((self, context, then), eventLoop: context.eventLoop)
         let loop = context.eventLoop
         Task {
-            let answer: String
+            let result: Result<T, HubError>
             do throws(HubError) {
-                answer = try await work()
+                result = .success(try await work())
             } catch {
-                answer = LineReply.error(error)
+                result = .failure(error)
             }
             loop.execute {
-                let handler = handler.value
-                let context = boundContext.value
+                let (handler, context, then) = bound.value
                 handler.awaitingCommand = false
                 guard !handler.closing else { return }
-                handler.reply(context, answer)
+                switch result {
+                case .success(let value): then(handler, context, value)
+                case .failure(let error): handler.reply(context, LineReply.error(error))
+                }
                 handler.resume(context)
                 handler.flushIfNeeded(context)
             }

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import ParleyCore
 
@@ -23,9 +24,17 @@ public final class LineFormat: WireFormat {
             case .say, .notice, .tagOnly: return "MSG \(message.room) \(message.sender.name): \(message.text)"
             case .action: return "ACTION \(message.room) \(message.sender.name) \(message.text)"
             }
+        case .history(let room, let messages):
+            let lines = messages.compactMap { historyLine(.room($0), target: room) }
+            return lines.isEmpty ? nil : lines.joined(separator: "\n")
         case .direct(let message):
             let text = message.kind == .action ? "* \(message.from.name) \(message.text)" : message.text
-            return message.echo ? "DM to \(message.to): \(text)" : "DM from \(message.from.name): \(text)"
+            switch (message.echo, message.delivery) {
+            case (true, .queued): return "DM to \(message.to) (offline, kept until they log in): \(text)"
+            case (true, _): return "DM to \(message.to): \(text)"
+            case (false, .late): return "DM from \(message.from.name) (offline, sent \(Milliseconds.iso8601(message.time))): \(text)"
+            case (false, _): return "DM from \(message.from.name): \(text)"
+            }
         case .joined(let room, let who):
             return "JOIN \(room) \(who.name)"
         case .parted(let room, let who, let reason):
@@ -52,6 +61,24 @@ public final class LineFormat: WireFormat {
             case .shutdown: return "BYE The server is shutting down. Goodbye!"
             case .sendqExceeded: return "BYE Disconnected: you stopped reading and your queue overflowed."
             }
+        }
+    }
+}
+
+extension LineFormat {
+    /// A stored message as `/history` and the replay on join show it:
+    /// `HISTORY TARGET TIME NAME: TEXT`, or `HISTORY TARGET TIME * NAME ACTION`.
+    public static func historyLine(_ logged: LoggedMessage, target: String) -> String? {
+        let (sender, text, kind, time): (Speaker, String, MessageKind, Date)
+        switch logged {
+        case .room(let message): (sender, text, kind, time) = (message.sender, message.text, message.kind, message.time)
+        case .direct(let message, _, _): (sender, text, kind, time) = (message.from, message.text, message.kind, message.time)
+        }
+        let stamp = Milliseconds.iso8601(time)
+        switch kind {
+        case .tagOnly: return nil
+        case .action: return "HISTORY \(target) \(stamp) * \(sender.name) \(text)"
+        case .say, .notice: return "HISTORY \(target) \(stamp) \(sender.name): \(text)"
         }
     }
 }
@@ -112,6 +139,8 @@ public enum LineReply {
         case .userNotInRoom: return "user-not-in-room"
         case .alreadyInRoom: return "already-in-room"
         case .tooManyAttempts: return "too-many-attempts"
+        case .historyUnavailable: return "no-history"
+        case .historyNeedsLogin: return "login-required"
         }
     }
 }

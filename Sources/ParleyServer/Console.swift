@@ -1,13 +1,16 @@
 import Foundation
 import ParleyCore
+import ParleyStore
 
 /// The operator console: one command line in, lines of answer out. Reading stdin is the caller's job,
 /// so the same console can be driven by a test.
 public struct Console: Sendable {
     public let hub: Hub
+    public let log: SQLiteMessageLog?
 
-    public init(hub: Hub) {
+    public init(hub: Hub, log: SQLiteMessageLog? = nil) {
         self.hub = hub
+        self.log = log
     }
 
     public enum Outcome: Equatable, Sendable {
@@ -17,7 +20,7 @@ public struct Console: Sendable {
 
     public static let help = [
         "list              every connected client: id, name, door, address, rooms, connected since",
-        "count             active clients, rooms, messages relayed, connections since start",
+        "count             active clients, rooms, messages relayed, connections since start, history writes",
         "kick NAME [why]   disconnect every connection of NAME",
         "say TEXT          send a notice to everyone",
         "help              this list",
@@ -42,13 +45,19 @@ public struct Console: Sendable {
             return .output(lines)
         case "count":
             let counters = hub.counters
-            return .output([
-                "clients \(counters.activeSessions.load(ordering: .relaxed))"
-                    + " rooms \(hub.roomList().count)"
-                    + " messages \(counters.messagesRelayed.load(ordering: .relaxed))"
-                    + " deliveries \(counters.deliveries.load(ordering: .relaxed))"
-                    + " connections-total \(counters.connectionsTotal.load(ordering: .relaxed))",
-            ])
+            var line = "clients \(counters.activeSessions.load(ordering: .relaxed))"
+            line += " rooms \(hub.roomList().count)"
+            line += " messages \(counters.messagesRelayed.load(ordering: .relaxed))"
+            line += " deliveries \(counters.deliveries.load(ordering: .relaxed))"
+            line += " connections-total \(counters.connectionsTotal.load(ordering: .relaxed))"
+            if let log {
+                line += " stored \(log.messagesStored.load(ordering: .relaxed))"
+                line += " transactions \(log.transactions.load(ordering: .relaxed))"
+                line += " pruned \(log.messagesPruned.load(ordering: .relaxed))"
+            } else {
+                line += " history off"
+            }
+            return .output([line])
         case "kick":
             guard !rest.isEmpty else { return .output(["usage: kick NAME [reason]"]) }
             let name = String(rest.prefix { $0 != " " })

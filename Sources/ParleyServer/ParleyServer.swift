@@ -27,6 +27,12 @@ public struct ServerConfig: Sendable {
     }()
     /// How long shutdown waits for connections to finish before closing them anyway.
     public var shutdownTimeout = Duration.seconds(5)
+    /// Keep messages in the database (persist, then publish); off: publish at once, keep nothing.
+    public var keepHistory = true
+    /// Replay on join and retention.
+    public var history = HistoryConfig()
+    /// How often retention is applied.
+    public var pruneInterval = Duration.seconds(60)
 
     public init() {}
 }
@@ -42,6 +48,8 @@ public final class ParleyServer: Sendable {
     public let config: ServerConfig
     public let hub: Hub
     public let store: SQLiteStore
+    /// The history writer; nil with `keepHistory` off.
+    public let log: SQLiteMessageLog?
     private let group: MultiThreadedEventLoopGroup
     private let hashPool: NIOThreadPool
 
@@ -59,8 +67,27 @@ public final class ParleyServer: Sendable {
         hashPool = NIOThreadPool(numberOfThreads: max(1, System.coreCount - 1))
         hashPool.start()
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.threads))
-        hub = Hub(config: HubConfig(requireLogin: config.requireLogin, minimumPasswordLength: config.minimumPasswordLength), accounts: store,
-                  hasher: BcryptHasher(cost: config.bcryptCost, pool: hashPool))
+        let hubConfig = HubConfig(requireLogin: config.requireLogin, minimumPasswordLength: config.minimumPasswordLength)
+        let hasher = BcryptHasher(cost: config.bcryptCost, pool: hashPool)
+        if config.keepHistory {
+            let log = SQLiteMessageLog(store: store, retention: .init(maxPerRoom: config.history.maxPerRoom,
+                                                                      maxAge: config.history.maxAge, interval: config.pruneInterval))
+            let resumed: (nextSerial: UInt64, lastTimeMs: Int64, recent: [RoomMessage])
+            do {
+                resumed = try log.resume(perRoom: min(config.history.replayOnJoin, config.history.maxPerRoom ?? .max))
+            } catch {
+                throw StoreError.cannotOpen(path: store.path, reason: "cannot read the history: \(error)")
+            }
+            self.log = log
+            hub = Hub(config: hubConfig, accounts: store, hasher: hasher, log: log, history: config.history,
+                      firstSerial: resumed.nextSerial, lastTimeMs: resumed.lastTimeMs, recent: resumed.recent)
+        } else {
+            log = nil
+            // Nothing is stored, so nothing says where ids stopped last time: start from the clock,
+            // so msgids a client saw before a restart are not given out again.
+            let firstSerial = UInt64(max(0, Milliseconds.from(Date()))) << 12
+            hub = Hub(config: hubConfig, accounts: store, hasher: hasher, history: config.history, firstSerial: firstSerial)
+        }
     }
 
     /// Binds every listener; returns them with their real ports.
@@ -83,7 +110,11 @@ public final class ParleyServer: Sendable {
     private func bind(_ address: ListenAddress) async throws -> any Channel {
         let hub = self.hub
         let lineConfig = config.line
-        let ircConfig = config.irc
+        let ircConfig = {
+            var irc = config.irc
+            irc.historyLimit = config.keepHistory ? 100 : nil
+            return irc
+        }()
         let formats = IRCFormats(serverName: config.irc.serverName)
         let limit = config.outboundLimit
         let bootstrap = ServerBootstrap(group: group)
@@ -155,6 +186,8 @@ public final class ParleyServer: Sendable {
             await group.next()
             group.cancelAll()
         }
+        // Everything accepted is stored before the database closes.
+        await log?.close()
         try? store.close()
         try? await hashPool.shutdownGracefully()
         try? await group.shutdownGracefully()

@@ -4,36 +4,70 @@ import ParleyCore
 
 public enum StoreError: Error, CustomStringConvertible {
     case cannotOpen(path: String, reason: String)
+    case backupFailed(path: String, reason: String)
 
     public var description: String {
         switch self {
         case .cannotOpen(let path, let reason):
             return "Cannot open the database \(path): \(reason). Check that it is a Parley database and that the directory is writable."
+        case .backupFailed(let path, let reason):
+            return "Cannot write the backup \(path): \(reason)."
         }
     }
 }
 
-/// Accounts (and, later, history) in one SQLite file in WAL mode. GRDB runs every access on its own
-/// threads, so no event loop ever waits for the disk.
+/// Accounts and message history in one SQLite file in WAL mode. GRDB runs every access on its own
+/// threads, and history is written by `SQLiteMessageLog`'s single writer thread, so no event loop ever
+/// waits for the disk.
 public final class SQLiteStore: AccountStore, Sendable {
     public let path: String
-    private let pool: DatabasePool
+    let pool: DatabasePool
+    /// Stamped into every Parley database ("PRLY"), so a database of another program is refused
+    /// rather than written into.
+    static let applicationID: Int32 = 0x5052_4C59
 
-    /// Opens (creating if needed) `DIR/parley.sqlite` and brings its schema up to date.
-    public init(directory: String) throws {
+    /// Opens (creating if needed, unless `create` is false) `DIR/parley.sqlite`, checks that it is an
+    /// undamaged Parley database and brings its schema up to date.
+    public init(directory: String, create: Bool = true) throws {
         let path = (directory as NSString).appendingPathComponent("parley.sqlite")
         self.path = path
+        if !create && !FileManager.default.fileExists(atPath: path) {
+            throw StoreError.cannotOpen(path: path, reason: "there is no database there; check --data-dir")
+        }
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             var configuration = Configuration()
             configuration.busyMode = .timeout(5)
             pool = try DatabasePool(path: path, configuration: configuration)
+            try pool.writeWithoutTransaction { db in try Self.check(db, path: path) }
             try Self.migrator.migrate(pool)
+        } catch let error as StoreError {
+            throw error
         } catch let error as DatabaseError {
             throw StoreError.cannotOpen(path: path, reason: error.message ?? "\(error.resultCode)")
         } catch {
             throw StoreError.cannotOpen(path: path, reason: "\(error)")
         }
+    }
+
+    /// Refuses a damaged file or another program's database, naming what is wrong.
+    static func check(_ db: Database, path: String) throws {
+        let result = try String.fetchAll(db, sql: "PRAGMA quick_check")
+        guard result == ["ok"] else {
+            throw StoreError.cannotOpen(path: path, reason: "the file is damaged (SQLite integrity check: \(result.prefix(3).joined(separator: "; ")))")
+        }
+        let tables = try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        let id = try Int32.fetchOne(db, sql: "PRAGMA application_id") ?? 0
+        if tables.isEmpty || id == applicationID {
+            if id != applicationID { try db.execute(sql: "PRAGMA application_id = \(applicationID)") }
+            return
+        }
+        // Parley databases from before the stamp have exactly these tables.
+        if id == 0, Set(tables).isSubset(of: ["grdb_migrations", "account"]), tables.contains("account") {
+            try db.execute(sql: "PRAGMA application_id = \(applicationID)")
+            return
+        }
+        throw StoreError.cannotOpen(path: path, reason: "it is not a Parley database (it holds other tables: \(tables.prefix(5).joined(separator: ", ")))")
     }
 
     static var migrator: DatabaseMigrator {
@@ -46,6 +80,29 @@ public final class SQLiteStore: AccountStore, Sendable {
                 table.column("passwordHash", .text).notNull()
                 table.column("createdAt", .datetime).notNull()
             }
+        }
+        migrator.registerMigration("v2-history") { db in
+            // One row per message; `id` is the message's serial (its msgid), `time` milliseconds since
+            // 1970. `target` is a room key (`#room`) or a conversation key (`@a b`). One index serves
+            // every history read: a target's messages in (time, id) order.
+            try db.execute(sql: """
+                CREATE TABLE message (
+                    id INTEGER PRIMARY KEY,
+                    target TEXT NOT NULL,
+                    time INTEGER NOT NULL,
+                    kind INTEGER NOT NULL,
+                    sender TEXT NOT NULL,
+                    senderUser TEXT NOT NULL,
+                    senderHost TEXT NOT NULL,
+                    senderAccount TEXT,
+                    recipient TEXT NOT NULL,
+                    text TEXT NOT NULL,
+                    tags TEXT,
+                    pendingFor TEXT
+                );
+                CREATE INDEX message_by_target ON message(target, time);
+                CREATE INDEX message_pending ON message(pendingFor) WHERE pendingFor IS NOT NULL;
+                """)
         }
         return migrator
     }
@@ -69,9 +126,23 @@ public final class SQLiteStore: AccountStore, Sendable {
         }
     }
 
-    /// Checkpoints the WAL and closes the file; the store is unusable afterwards.
-    public func close() throws {
-        try pool.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) }
+    /// Writes a consistent copy of the database to `file` (SQLite's `VACUUM INTO`), even while a server
+    /// is writing to it. The copy is a complete database: to restore, put it in place of `parley.sqlite`.
+    public func backup(to file: String) throws {
+        guard !FileManager.default.fileExists(atPath: file) else {
+            throw StoreError.backupFailed(path: file, reason: "the file already exists; choose a new name or remove it")
+        }
+        do {
+            try pool.read { db in try db.execute(sql: "VACUUM INTO ?", arguments: [file]) }
+        } catch let error as DatabaseError {
+            throw StoreError.backupFailed(path: file, reason: error.message ?? "\(error.resultCode)")
+        }
+    }
+
+    /// Checkpoints the WAL (unless another process, a running server, owns the file) and closes the
+    /// file; the store is unusable afterwards.
+    public func close(checkpoint: Bool = true) throws {
+        if checkpoint { try pool.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) } }
         try pool.close()
     }
 }

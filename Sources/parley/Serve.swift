@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import ParleyClient
+import ParleyCore
 import ParleyServer
 
 struct Serve: AsyncParsableCommand {
@@ -58,6 +59,18 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Lines a client may send in a burst.")
     var floodBurst = 200.0
 
+    @Option(help: "on: store every message before publishing it (history, offline direct messages); off: keep nothing.")
+    var history = "on"
+
+    @Option(help: "Messages replayed to a client that joins a room (0 to 200).")
+    var historyReplay = 20
+
+    @Option(help: "Days messages are kept (0: no age limit).")
+    var historyDays = 90.0
+
+    @Option(help: "Messages kept per room (0: no limit).")
+    var historyMaxPerRoom = 100_000
+
     func validate() throws {
         guard (10...16).contains(bcryptCost) else { throw ValidationError("--bcrypt-cost must be from 10 to 16.") }
         guard (1...72).contains(minPasswordLength) else { throw ValidationError("--min-password-length must be from 1 to 72.") }
@@ -67,6 +80,10 @@ struct Serve: AsyncParsableCommand {
         guard outboundLimit >= 4096 else { throw ValidationError("--outbound-limit must be at least 4096 bytes.") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1.") }
         guard floodRate >= 0, floodBurst >= 1 else { throw ValidationError("--flood-rate must be 0 or more and --flood-burst at least 1.") }
+        guard ["on", "off"].contains(history) else { throw ValidationError("--history takes on or off; got \"\(history)\".") }
+        guard (0...200).contains(historyReplay) else { throw ValidationError("--history-replay must be from 0 to 200.") }
+        guard historyDays >= 0, historyDays.isFinite else { throw ValidationError("--history-days must be 0 (no limit) or more.") }
+        guard historyMaxPerRoom >= 0 else { throw ValidationError("--history-max-per-room must be 0 (no limit) or more.") }
     }
 
     func run() async throws {
@@ -93,6 +110,10 @@ struct Serve: AsyncParsableCommand {
         config.irc.floodRate = floodRate
         config.irc.floodBurst = floodBurst
         if let serverName { config.irc.serverName = serverName }
+        config.keepHistory = history == "on"
+        config.history = HistoryConfig(replayOnJoin: history == "on" ? historyReplay : 0,
+                                       maxPerRoom: historyMaxPerRoom == 0 ? nil : historyMaxPerRoom,
+                                       maxAge: historyDays == 0 ? nil : .seconds(historyDays * 86_400))
         if let motd {
             guard let text = try? String(contentsOfFile: motd, encoding: .utf8) else {
                 throw ValidationError("Cannot read the MOTD file \(motd); check the path and that it is UTF-8 text.")
@@ -116,7 +137,7 @@ struct Serve: AsyncParsableCommand {
         }
         for listener in bound { emit("listening \(listener)") }
 
-        if !noConsole { startConsole(Console(hub: server.hub)) { stop.yield("console exit") } }
+        if !noConsole { startConsole(Console(hub: server.hub, log: server.log)) { stop.yield("console exit") } }
 
         for await reason in stops {
             emit("shutting down (\(reason))")

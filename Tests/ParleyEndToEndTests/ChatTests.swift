@@ -218,8 +218,11 @@ import Testing
                 try await group.waitForAll()
             }
             #expect(server.server.hub.counters.messagesRelayed.load(ordering: .relaxed) == clients * messages)
-            let count = Console(hub: server.server.hub).execute("count")
-            #expect(count == .output(["clients \(clients) rooms 1 messages \(clients * messages) deliveries \(server.server.hub.counters.deliveries.load(ordering: .relaxed)) connections-total \(clients)"]))
+            let count = Console(hub: server.server.hub, log: server.server.log).execute("count")
+            let log = try #require(server.server.log)
+            // Every message was stored before it was published.
+            let transactions = log.transactions.load(ordering: .relaxed)
+            #expect(count == .output(["clients \(clients) rooms 1 messages \(clients * messages) deliveries \(server.server.hub.counters.deliveries.load(ordering: .relaxed)) connections-total \(clients) stored \(clients * messages) transactions \(transactions) pruned 0"]))
         }
     }
 

@@ -7,7 +7,7 @@ import Testing
 @Suite(.timeLimit(.minutes(2))) struct ConsoleTests {
     @Test func listCountKickSayAndExit() async throws {
         try await withServer { server in
-            let console = Console(hub: server.server.hub)
+            let console = Console(hub: server.server.hub, log: server.server.log)
             let alice = try await server.user("alice")
             let guest = try await server.client()
             _ = try await alice.command("/join #dev")
@@ -18,7 +18,7 @@ import Testing
             #expect(list.contains { $0.contains("(guest)") })
             #expect(list.last == "2 clients connected")
 
-            #expect(console.execute("count") == .output(["clients 2 rooms 2 messages 0 deliveries \(server.server.hub.counters.deliveries.load(ordering: .relaxed)) connections-total 2"]))
+            #expect(console.execute("count") == .output(["clients 2 rooms 2 messages 0 deliveries \(server.server.hub.counters.deliveries.load(ordering: .relaxed)) connections-total 2 stored 0 transactions 0 pruned 0"]))
 
             #expect(console.execute("say maintenance at noon") == .output(["notice sent to 2 clients"]))
             #expect(try await guest.expect(prefix: "NOTICE ") == "NOTICE server: maintenance at noon")

@@ -1,0 +1,214 @@
+import Foundation
+import Synchronization
+
+/// Message ids and timestamps. Every message gets a serial number (its id, global and increasing) and a
+/// millisecond timestamp that never goes backwards, taken together, so history ordered by time then id
+/// is the order in which messages were accepted. The IRC `msgid` is the serial in base 36.
+public enum MessageID {
+    public static func string(_ serial: UInt64) -> String { String(serial, radix: 36) }
+    public static func serial(_ string: String) -> UInt64? { UInt64(string, radix: 36) }
+}
+
+/// A position in a target's history: messages are ordered by (time, id).
+public struct HistoryCursor: Sendable, Equatable, Comparable {
+    public var timeMs: Int64
+    public var id: UInt64
+
+    public init(timeMs: Int64, id: UInt64) {
+        self.timeMs = timeMs
+        self.id = id
+    }
+
+    /// Just before every message of that millisecond (a `timestamp=` reference used as a lower bound
+    /// excludes nothing of it; as an upper bound, all of it).
+    public static func before(_ date: Date) -> HistoryCursor { HistoryCursor(timeMs: Milliseconds.from(date), id: 0) }
+    /// Just after every message of that millisecond.
+    public static func after(_ date: Date) -> HistoryCursor { HistoryCursor(timeMs: Milliseconds.from(date), id: UInt64(Int64.max)) }
+
+    public static func < (a: HistoryCursor, b: HistoryCursor) -> Bool { (a.timeMs, a.id) < (b.timeMs, b.id) }
+}
+
+/// Timestamps travel as whole milliseconds, so a message's time reads the same live, from history and
+/// in a reference a client sends back.
+public enum Milliseconds {
+    public static func from(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
+    public static func date(_ ms: Int64) -> Date { Date(timeIntervalSince1970: Double(ms) / 1000) }
+
+    /// ISO 8601 in UTC with milliseconds (`2026-12-01T15:19:19.123Z`), exact for whole milliseconds.
+    public static func iso8601(_ date: Date) -> String {
+        let ms = from(date)
+        let seconds = Int(ms.quotientAndRemainder(dividingBy: 1000).quotient - (ms < 0 && ms % 1000 != 0 ? 1 : 0))
+        let fraction = Int(ms - Int64(seconds) * 1000)
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC") ?? .current
+        let parts = calendar.dateComponents([.year, .month, .day, .hour, .minute, .second],
+                                            from: Date(timeIntervalSince1970: TimeInterval(seconds)))
+        func pad(_ value: Int?, _ width: Int) -> String {
+            let text = String(value ?? 0)
+            return String(repeating: "0", count: max(0, width - text.count)) + text
+        }
+        return "\(pad(parts.year, 4))-\(pad(parts.month, 2))-\(pad(parts.day, 2))T\(pad(parts.hour, 2)):\(pad(parts.minute, 2)):\(pad(parts.second, 2)).\(pad(fraction, 3))Z"
+    }
+
+    /// Parses `YYYY-MM-DDThh:mm:ss[.sss]Z` (what `iso8601` writes and IRC clients send).
+    public static func parse(_ text: String) -> Date? {
+        let scalars = Array(text.utf8)
+        guard scalars.count >= 20, scalars.last == UInt8(ascii: "Z") else { return nil }
+        func number(_ range: Range<Int>) -> Int? {
+            guard range.upperBound <= scalars.count else { return nil }
+            var value = 0
+            for byte in scalars[range] {
+                guard (48...57).contains(byte) else { return nil }
+                value = value * 10 + Int(byte - 48)
+            }
+            return value
+        }
+        guard let year = number(0..<4), scalars[4] == UInt8(ascii: "-"), let month = number(5..<7),
+              scalars[7] == UInt8(ascii: "-"), let day = number(8..<10), scalars[10] == UInt8(ascii: "T"),
+              let hour = number(11..<13), scalars[13] == UInt8(ascii: ":"), let minute = number(14..<16),
+              scalars[16] == UInt8(ascii: ":"), let second = number(17..<19) else { return nil }
+        var milliseconds = 0
+        if scalars[19] == UInt8(ascii: ".") {
+            let digits = scalars[20..<(scalars.count - 1)]
+            guard !digits.isEmpty, digits.count <= 9, let fraction = number(20..<(scalars.count - 1)) else { return nil }
+            milliseconds = digits.count >= 3 ? fraction / Int(pow(10.0, Double(digits.count - 3)))
+                                             : fraction * Int(pow(10.0, Double(3 - digits.count)))
+        } else if scalars.count != 20 {
+            return nil
+        }
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC") ?? .current
+        guard (1...12).contains(month), (1...31).contains(day), hour < 24, minute < 60, second < 61,
+              let base = calendar.date(from: DateComponents(year: year, month: month, day: day, hour: hour, minute: minute, second: second))
+        else { return nil }
+        return Milliseconds.date(Milliseconds.from(base) + Int64(milliseconds))
+    }
+}
+
+/// Hands out (serial, time) pairs: serials increase by one, times never go backwards, both under one
+/// short lock so that their orders agree.
+final class MessageStamper: Sendable {
+    private let state: Mutex<(serial: UInt64, lastMs: Int64)>
+
+    init(firstSerial: UInt64, lastTimeMs: Int64) {
+        state = Mutex((firstSerial, lastTimeMs))
+    }
+
+    func next() -> (serial: UInt64, time: Date) {
+        let now = Milliseconds.from(Date())
+        let (serial, ms) = state.withLock { state in
+            state.lastMs = max(state.lastMs, now)
+            defer { state.serial += 1 }
+            return (state.serial, state.lastMs)
+        }
+        return (serial, Milliseconds.date(ms))
+    }
+}
+
+/// What the history keeps of one message.
+public enum LoggedMessage: Sendable, Equatable {
+    case room(RoomMessage)
+    /// `conversation`: the key both participants' history is found under; `pendingFor`: the account
+    /// key of an offline recipient that has yet to be handed it.
+    case direct(DirectMessage, conversation: String, pendingFor: String?)
+
+    public var serial: UInt64 {
+        switch self {
+        case .room(let message): return message.serial
+        case .direct(let message, _, _): return message.serial
+        }
+    }
+
+    public var time: Date {
+        switch self {
+        case .room(let message): return message.time
+        case .direct(let message, _, _): return message.time
+        }
+    }
+
+    public var cursor: HistoryCursor { HistoryCursor(timeMs: Milliseconds.from(time), id: serial) }
+}
+
+/// Which part of a target's history to read; results always come oldest first.
+public struct HistoryRange: Sendable, Equatable {
+    /// Exclusive bounds; nil: unbounded.
+    public var after: HistoryCursor?
+    public var before: HistoryCursor?
+    public var limit: Int
+    /// Take the `limit` messages nearest `before` (true) or nearest `after` (false).
+    public var newestFirst: Bool
+
+    public init(after: HistoryCursor? = nil, before: HistoryCursor? = nil, limit: Int, newestFirst: Bool) {
+        self.after = after
+        self.before = before
+        self.limit = limit
+        self.newestFirst = newestFirst
+    }
+}
+
+/// The durable history: a single writer stores messages in order, many at a time (group commit), and
+/// reports each once its transaction has committed; only then does the hub publish it. The hub sees
+/// only this protocol; SQLite is one implementation.
+public protocol MessageLog: Sendable {
+    /// Queues a message. `committed` runs on the log's writer thread once the transaction that holds it
+    /// has committed (true) or failed (false), in the order messages were queued.
+    func append(_ message: LoggedMessage, committed: @escaping @Sendable (Bool) -> Void)
+    /// Runs `body` on the writer thread once every message queued before it has been committed and
+    /// handed to its `committed` callback.
+    func barrier(_ body: @escaping @Sendable () -> Void)
+    /// Marks a stored direct message as waiting for `account` (its recipients went away before it
+    /// could be handed to them).
+    func markPending(serial: UInt64, account: String)
+    /// Takes every message waiting for `account`, oldest first; they are not handed out again. Runs
+    /// after every message queued before it.
+    func claimPending(account: String) async throws -> [LoggedMessage]
+    /// Messages of one target (a room key or a conversation key), oldest first.
+    func messages(target: String, in range: HistoryRange) async throws -> [LoggedMessage]
+    /// A message by serial with the target it belongs to.
+    func message(serial: UInt64) async throws -> (target: String, message: LoggedMessage)?
+    /// Of the given room keys and the conversations of `participant` (nil: none), those with messages
+    /// between two times, with their latest message's time in that window, oldest first.
+    func activeTargets(rooms: [String], conversationsOf participant: String?, from: Date, to: Date, limit: Int) async throws -> [(target: String, latest: Date)]
+}
+
+/// History settings the hub applies.
+public struct HistoryConfig: Sendable {
+    /// Messages replayed to a session that joins a room (0: none).
+    public var replayOnJoin: Int
+    /// Messages kept per room, and how long messages are kept (nil: no limit); the log prunes.
+    public var maxPerRoom: Int?
+    public var maxAge: Duration?
+
+    public init(replayOnJoin: Int = 20, maxPerRoom: Int? = nil, maxAge: Duration? = nil) {
+        self.replayOnJoin = replayOnJoin
+        self.maxPerRoom = maxPerRoom
+        self.maxAge = maxAge
+    }
+}
+
+/// A room's most recent published messages, kept for replay on join. It outlives the room object (a
+/// room that empties is forgotten, its history is not).
+final class RecentMessages: Sendable {
+    private let capacity: Int
+    private let state = Mutex<[RoomMessage]>([])
+
+    init(capacity: Int, initial: [RoomMessage] = []) {
+        self.capacity = capacity
+        state.withLock { $0 = Array(initial.suffix(capacity)) }
+    }
+
+    func append(_ message: RoomMessage) {
+        guard capacity > 0 else { return }
+        state.withLock { messages in
+            if messages.count >= capacity { messages.removeFirst(messages.count - capacity + 1) }
+            messages.append(message)
+        }
+    }
+
+    /// The newest messages, oldest first, not older than `notBefore`.
+    func snapshot(notBefore: Date?) -> [RoomMessage] {
+        let all = state.withLock { $0 }
+        guard let notBefore else { return all }
+        return all.filter { $0.time >= notBefore }
+    }
+}

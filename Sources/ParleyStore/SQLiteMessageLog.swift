@@ -1,0 +1,350 @@
+import Dispatch
+import Foundation
+import GRDB
+import ParleyCore
+import Synchronization
+
+/// The message history in SQLite, written by one thread of its own. Messages queue up while a
+/// transaction commits and the next transaction takes all of them (group commit): under load one
+/// commit carries hundreds of messages, at rest each message gets its own. Each message is reported
+/// committed in queue order, after the commit that holds it, so the hub publishes what is durable.
+public final class SQLiteMessageLog: MessageLog, Sendable {
+    public struct Retention: Sendable {
+        public var maxPerRoom: Int?
+        public var maxAge: Duration?
+        /// How often the writer prunes (between transactions).
+        public var interval: Duration
+
+        public init(maxPerRoom: Int? = nil, maxAge: Duration? = nil, interval: Duration = .seconds(60)) {
+            self.maxPerRoom = maxPerRoom
+            self.maxAge = maxAge
+            self.interval = interval
+        }
+    }
+
+    enum Job: Sendable {
+        case append(LoggedMessage, @Sendable (Bool) -> Void)
+        case markPending(serial: UInt64, account: String)
+        case barrier(@Sendable () -> Void)
+        case claim(account: String, CheckedContinuation<[LoggedMessage], any Error>)
+        case stop(CheckedContinuation<Void, Never>)
+    }
+
+    private let pool: DatabasePool
+    private let retention: Retention
+    private let queue = Mutex<[Job]>([])
+    /// Signalled when the queue goes from empty to not empty.
+    private let wake = DispatchSemaphore(value: 0)
+    private let stopped = Atomic<Bool>(false)
+    /// Counters for the console and the benchmarks.
+    public let messagesStored = Atomic<Int>(0)
+    public let transactions = Atomic<Int>(0)
+    public let messagesPruned = Atomic<Int>(0)
+
+    /// Starts the writer thread.
+    public init(store: SQLiteStore, retention: Retention = Retention()) {
+        pool = store.pool
+        self.retention = retention
+        let thread = Thread { [self] in run() }
+        thread.name = "parley-history-writer"
+        thread.start()
+    }
+
+    // MARK: Writing (the writer thread)
+
+    private func submit(_ job: Job) {
+        let wasEmpty = queue.withLock { queue in
+            defer { queue.append(job) }
+            return queue.isEmpty
+        }
+        if wasEmpty { wake.signal() }
+    }
+
+    public func append(_ message: LoggedMessage, committed: @escaping @Sendable (Bool) -> Void) {
+        guard !stopped.load(ordering: .relaxed) else { return committed(false) }
+        submit(.append(message, committed))
+    }
+
+    public func barrier(_ body: @escaping @Sendable () -> Void) {
+        submit(.barrier(body))
+    }
+
+    public func markPending(serial: UInt64, account: String) {
+        submit(.markPending(serial: serial, account: account))
+    }
+
+    public func claimPending(account: String) async throws -> [LoggedMessage] {
+        try await withCheckedThrowingContinuation { continuation in
+            submit(.claim(account: account, continuation))
+        }
+    }
+
+    /// Stores what is queued, then stops the writer; later appends are refused.
+    public func close() async {
+        guard !stopped.exchange(true, ordering: .relaxed) else { return }
+        await withCheckedContinuation { continuation in submit(.stop(continuation)) }
+    }
+
+    private func run() {
+        var lastPrune = ContinuousClock.now
+        var touchedRooms: Set<String> = []
+        while true {
+            _ = wake.wait(timeout: .now() + .seconds(1))
+            let jobs = queue.withLock { queue in
+                defer { queue.removeAll(keepingCapacity: true) }
+                return queue
+            }
+            var stop: CheckedContinuation<Void, Never>?
+            if !jobs.isEmpty {
+                let writes = jobs.contains { if case .barrier = $0 { false } else { true } }
+                let result = writes ? Result { try pool.write { db in try Self.perform(jobs, db) } } : .success([])
+                if writes { transactions.add(1, ordering: .relaxed) }
+                var claimIndex = 0
+                for job in jobs {
+                    switch job {
+                    case .append(let message, let committed):
+                        if case .room(let room) = message { touchedRooms.insert(NameRules.key(room.room)) }
+                        committed((try? result.get()) != nil)
+                    case .markPending:
+                        break
+                    case .barrier(let body):
+                        body()
+                    case .claim(_, let continuation):
+                        switch result {
+                        case .success(let claims): continuation.resume(returning: claims[claimIndex])
+                        case .failure(let error): continuation.resume(throwing: error)
+                        }
+                        claimIndex += 1
+                    case .stop(let continuation):
+                        stop = continuation
+                    }
+                }
+                if case .success = result {
+                    messagesStored.add(jobs.reduce(0) { count, job in if case .append = job { count + 1 } else { count } }, ordering: .relaxed)
+                }
+            }
+            if let stop {
+                stop.resume()
+                return
+            }
+            if ContinuousClock.now - lastPrune >= retention.interval {
+                lastPrune = .now
+                let rooms = touchedRooms
+                touchedRooms = []
+                if let pruned = try? prune(rooms: rooms, now: Date()) { messagesPruned.add(pruned, ordering: .relaxed) }
+            }
+        }
+    }
+
+    /// One transaction for a batch of jobs; returns what each claim took, in order.
+    private static func perform(_ jobs: [Job], _ db: Database) throws -> [[LoggedMessage]] {
+        var claims: [[LoggedMessage]] = []
+        let insert = try db.cachedStatement(sql: """
+            INSERT INTO message (id, target, time, kind, sender, senderUser, senderHost, senderAccount, recipient, text, tags, pendingFor)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """)
+        for job in jobs {
+            switch job {
+            case .append(let logged, _):
+                try insert.execute(arguments: Self.arguments(logged))
+            case .markPending(let serial, let account):
+                try db.execute(sql: "UPDATE message SET pendingFor = ? WHERE id = ?", arguments: [account, Int64(bitPattern: serial)])
+            case .claim(let account, _):
+                let rows = try Row.fetchAll(db, sql: "SELECT * FROM message WHERE pendingFor = ? ORDER BY time, id", arguments: [account])
+                try db.execute(sql: "UPDATE message SET pendingFor = NULL WHERE pendingFor = ?", arguments: [account])
+                claims.append(rows.compactMap(Self.message))
+            case .stop, .barrier:
+                break
+            }
+        }
+        return claims
+    }
+
+    private static func arguments(_ logged: LoggedMessage) -> StatementArguments {
+        switch logged {
+        case .room(let message):
+            return [Int64(bitPattern: message.serial), NameRules.key(message.room), Milliseconds.from(message.time),
+                    kindCode(message.kind), message.sender.name, message.sender.user, message.sender.host,
+                    message.sender.account, message.room, message.text, TagCoding.encode(message.tags), nil]
+        case .direct(let message, let conversation, let pendingFor):
+            return [Int64(bitPattern: message.serial), conversation, Milliseconds.from(message.time),
+                    kindCode(message.kind), message.from.name, message.from.user, message.from.host,
+                    message.from.account, message.to, message.text, TagCoding.encode(message.tags), pendingFor]
+        }
+    }
+
+    // MARK: Pruning
+
+    /// Deletes messages past the retention period, and the oldest messages of `rooms` beyond the
+    /// per-room limit; returns how many went. Runs on the writer thread, in slices, so that messages
+    /// waiting to be stored are not held up long.
+    func prune(rooms: Set<String>, now: Date) throws -> Int {
+        var deleted = 0
+        if let maxAge = retention.maxAge {
+            let cutoff = Milliseconds.from(now) - Int64(maxAge.components.seconds) * 1000 - maxAge.components.attoseconds / 1_000_000_000_000_000
+            while true {
+                let count = try pool.write { db in
+                    try db.execute(sql: "DELETE FROM message WHERE id IN (SELECT id FROM message WHERE time < ? ORDER BY id LIMIT 5000)", arguments: [cutoff])
+                    return db.changesCount
+                }
+                deleted += count
+                if count < 5000 { break }
+            }
+        }
+        if let maxPerRoom = retention.maxPerRoom {
+            for room in rooms.sorted() {
+                deleted += try pool.write { db in
+                    guard let oldestKept = try Row.fetchOne(db, sql: "SELECT time, id FROM message WHERE target = ? ORDER BY time DESC, id DESC LIMIT 1 OFFSET ?",
+                                                            arguments: [room, maxPerRoom - 1]) else { return 0 }
+                    try db.execute(sql: "DELETE FROM message WHERE target = ? AND (time, id) < (?, ?)",
+                                   arguments: [room, oldestKept["time"] as Int64, oldestKept["id"] as Int64])
+                    return db.changesCount
+                }
+            }
+        }
+        return deleted
+    }
+
+    // MARK: Reading (GRDB's reader threads)
+
+    public func messages(target: String, in range: HistoryRange) async throws -> [LoggedMessage] {
+        var conditions = ["target = ?"]
+        var values: [DatabaseValue] = [target.databaseValue]
+        if let after = range.after {
+            conditions.append("(time, id) > (?, ?)")
+            values += [after.timeMs.databaseValue, Int64(clamping: after.id).databaseValue]
+        }
+        if let before = range.before {
+            conditions.append("(time, id) < (?, ?)")
+            values += [before.timeMs.databaseValue, Int64(clamping: before.id).databaseValue]
+        }
+        let order = range.newestFirst ? "DESC" : "ASC"
+        let sql = "SELECT * FROM message WHERE \(conditions.joined(separator: " AND ")) ORDER BY time \(order), id \(order) LIMIT \(max(0, range.limit))"
+        let messages = try await pool.read { [values] db in
+            try Row.fetchAll(db, sql: sql, arguments: StatementArguments(values)).compactMap(Self.message)
+        }
+        return range.newestFirst ? messages.reversed() : messages
+    }
+
+    public func message(serial: UInt64) async throws -> (target: String, message: LoggedMessage)? {
+        try await pool.read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM message WHERE id = ?", arguments: [Int64(clamping: serial)]),
+                  let message = Self.message(row) else { return nil }
+            return (row["target"], message)
+        }
+    }
+
+    public func activeTargets(rooms: [String], conversationsOf participant: String?, from: Date, to: Date, limit: Int) async throws -> [(target: String, latest: Date)] {
+        let (low, high) = (Milliseconds.from(from), Milliseconds.from(to))
+        let found: [(String, Int64)] = try await pool.read { db in
+            var latest: [(String, Int64)] = []
+            for room in rooms {
+                if let time = try Int64.fetchOne(db, sql: "SELECT MAX(time) FROM message WHERE target = ?", arguments: [room]) {
+                    latest.append((room, time))
+                }
+            }
+            if let participant {
+                // Conversation keys are `@a b` with the two parties sorted: a range of the index for the
+                // conversations where it comes first, and a scan of the direct messages for the others.
+                let rows = try Row.fetchAll(db, sql: """
+                    SELECT target, MAX(time) AS latest FROM message
+                    WHERE target >= '@' AND target < 'A' AND (target LIKE ? ESCAPE '\\' OR target LIKE ? ESCAPE '\\')
+                    GROUP BY target
+                    """, arguments: ["@" + Self.escapeLike(participant) + " %", "@% " + Self.escapeLike(participant)])
+                for row in rows { latest.append((row["target"], row["latest"])) }
+            }
+            return latest
+        }
+        // Only a target's latest message counts: a target whose latest message is outside the window is left out.
+        return found.filter { $0.1 > low && $0.1 < high }
+            .sorted { ($0.1, $0.0) < ($1.1, $1.0) }
+            .prefix(max(0, limit))
+            .map { ($0.0, Milliseconds.date($0.1)) }
+    }
+
+    /// The newest `perRoom` messages of every room, oldest first, for replay after a restart; and the
+    /// next serial and the latest time, so that ids and times carry on increasing.
+    public func resume(perRoom: Int) throws -> (nextSerial: UInt64, lastTimeMs: Int64, recent: [RoomMessage]) {
+        try pool.read { db in
+            let maxID = try Int64.fetchOne(db, sql: "SELECT MAX(id) FROM message") ?? 0
+            let maxTime = try Int64.fetchOne(db, sql: "SELECT MAX(time) FROM message") ?? 0
+            var recent: [RoomMessage] = []
+            var previous = "#"
+            while perRoom > 0, let room = try String.fetchOne(db, sql: "SELECT MIN(target) FROM message WHERE target > ? AND target < '$'", arguments: [previous]) {
+                previous = room
+                let rows = try Row.fetchAll(db, sql: "SELECT * FROM message WHERE target = ? ORDER BY time DESC, id DESC LIMIT ?", arguments: [room, perRoom])
+                for row in rows.reversed() {
+                    if case .room(let message)? = Self.message(row) { recent.append(message) }
+                }
+            }
+            return (UInt64(max(0, maxID)) + 1, maxTime, recent)
+        }
+    }
+
+    // MARK: Rows
+
+    static func kindCode(_ kind: MessageKind) -> Int {
+        switch kind {
+        case .say: return 0
+        case .action: return 1
+        case .notice: return 2
+        case .tagOnly: return 3
+        }
+    }
+
+    static func kind(_ code: Int) -> MessageKind {
+        [MessageKind.say, .action, .notice, .tagOnly][max(0, min(3, code))]
+    }
+
+    static func message(_ row: Row) -> LoggedMessage? {
+        let target: String = row["target"]
+        let serial = UInt64(bitPattern: row["id"] as Int64)
+        let time = Milliseconds.date(row["time"])
+        let sender = Speaker(name: row["sender"], user: row["senderUser"], host: row["senderHost"], account: row["senderAccount"])
+        let tags = TagCoding.decode(row["tags"])
+        let kind = kind(row["kind"])
+        if target.hasPrefix("#") {
+            return .room(RoomMessage(room: row["recipient"], sender: sender, text: row["text"], kind: kind, sequence: 0,
+                                     time: time, serial: serial, tags: tags))
+        }
+        let pendingFor: String? = row["pendingFor"]
+        return .direct(DirectMessage(from: sender, to: row["recipient"], text: row["text"], kind: kind, echo: false,
+                                     time: time, serial: serial, tags: tags),
+                       conversation: target, pendingFor: pendingFor)
+    }
+
+    static func escapeLike(_ text: String) -> String {
+        text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "%", with: "\\%").replacingOccurrences(of: "_", with: "\\_")
+    }
+}
+
+/// Client tags in one column: `key=value;key` with `\\` and `\:` escapes in values (IRCv3's own).
+enum TagCoding {
+    static func encode(_ tags: [MessageTag]) -> String? {
+        guard !tags.isEmpty else { return nil }
+        return tags.map { tag in
+            guard let value = tag.value else { return tag.key }
+            return tag.key + "=" + value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: ";", with: "\\:")
+        }.joined(separator: ";")
+    }
+
+    static func decode(_ text: String?) -> [MessageTag] {
+        guard let text, !text.isEmpty else { return [] }
+        return text.split(separator: ";").map { item in
+            guard let equals = item.firstIndex(of: "=") else { return MessageTag(String(item), nil) }
+            var value = ""
+            var escaped = false
+            for character in item[item.index(after: equals)...] {
+                if escaped {
+                    value.append(character == ":" ? ";" : character)
+                    escaped = false
+                } else if character == "\\" {
+                    escaped = true
+                } else {
+                    value.append(character)
+                }
+            }
+            return MessageTag(String(item[..<equals]), value)
+        }
+    }
+}
