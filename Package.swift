@@ -73,7 +73,8 @@ let package = Package(
         ),
         .testTarget(
             name: "ParleyCoreTests",
-            dependencies: ["ParleyCore", "ParleyStore", .product(name: "NIOEmbedded", package: "swift-nio")],
+            dependencies: ["ParleyCore", "ParleyStore", .product(name: "NIOEmbedded", package: "swift-nio"),
+                           .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: strict
         ),
         .testTarget(

@@ -9,7 +9,7 @@ public enum StoreError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case .cannotOpen(let path, let reason):
-            return "Cannot open the database \(path): \(reason). Check that it is a Parley database and that the directory is writable."
+            return "Cannot open the database \(path): \(reason)."
         case .backupFailed(let path, let reason):
             return "Cannot write the backup \(path): \(reason)."
         }
@@ -44,17 +44,24 @@ public final class SQLiteStore: AccountStore, Sendable {
         } catch let error as StoreError {
             throw error
         } catch let error as DatabaseError {
-            throw StoreError.cannotOpen(path: path, reason: error.message ?? "\(error.resultCode)")
+            let what = error.message ?? "\(error.resultCode)"
+            switch error.resultCode {
+            case .SQLITE_CORRUPT: throw StoreError.cannotOpen(path: path, reason: "the file is damaged (\(what)). " + Self.damagedAdvice)
+            case .SQLITE_NOTADB: throw StoreError.cannotOpen(path: path, reason: "it is not a database (\(what)). Point --data-dir at a Parley data directory")
+            default: throw StoreError.cannotOpen(path: path, reason: "\(what). Check that it is a Parley database and that the directory is writable")
+            }
         } catch {
             throw StoreError.cannotOpen(path: path, reason: "\(error)")
         }
     }
 
+    static let damagedAdvice = "Restore it from a backup (see docs/operations.md) or move it aside to start with an empty database"
+
     /// Refuses a damaged file or another program's database, naming what is wrong.
     static func check(_ db: Database, path: String) throws {
         let result = try String.fetchAll(db, sql: "PRAGMA quick_check")
         guard result == ["ok"] else {
-            throw StoreError.cannotOpen(path: path, reason: "the file is damaged (SQLite integrity check: \(result.prefix(3).joined(separator: "; ")))")
+            throw StoreError.cannotOpen(path: path, reason: "the file is damaged (SQLite integrity check: \(result.prefix(3).joined(separator: "; "))). " + damagedAdvice)
         }
         let tables = try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
         let id = try Int32.fetchOne(db, sql: "PRAGMA application_id") ?? 0
@@ -67,7 +74,7 @@ public final class SQLiteStore: AccountStore, Sendable {
             try db.execute(sql: "PRAGMA application_id = \(applicationID)")
             return
         }
-        throw StoreError.cannotOpen(path: path, reason: "it is not a Parley database (it holds other tables: \(tables.prefix(5).joined(separator: ", ")))")
+        throw StoreError.cannotOpen(path: path, reason: "it is not a Parley database (it holds other tables: \(tables.prefix(5).joined(separator: ", "))). Point --data-dir at a directory of its own")
     }
 
     static var migrator: DatabaseMigrator {
@@ -133,7 +140,8 @@ public final class SQLiteStore: AccountStore, Sendable {
             throw StoreError.backupFailed(path: file, reason: "the file already exists; choose a new name or remove it")
         }
         do {
-            try pool.read { db in try db.execute(sql: "VACUUM INTO ?", arguments: [file]) }
+            // Outside a transaction (VACUUM refuses one); it reads a consistent snapshot by itself.
+            try pool.unsafeRead { db in try db.execute(sql: "VACUUM INTO ?", arguments: [file]) }
         } catch let error as DatabaseError {
             throw StoreError.backupFailed(path: file, reason: error.message ?? "\(error.resultCode)")
         }

@@ -1,0 +1,208 @@
+import Foundation
+import GRDB
+import ParleyCore
+import Testing
+@testable import ParleyStore
+
+/// The SQLite history on its own: the writer's order and callbacks, reading ranges, offline messages,
+/// retention, restart and the database checks.
+@Suite struct HistoryStoreTests {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("parley-history-\(UUID())").path
+    static let alice = Speaker(name: "alice", user: "alice", host: "127.0.0.1", account: "alice")
+    static let start: Int64 = 1_800_000_000_000
+
+    static func roomMessage(_ serial: UInt64, room: String = "#dev", text: String? = nil, atMs: Int64? = nil) -> RoomMessage {
+        RoomMessage(room: room, sender: alice, text: text ?? "m\(serial)", kind: .say, sequence: serial,
+                    time: Milliseconds.date(atMs ?? start + Int64(serial) * 10), serial: serial)
+    }
+
+    /// Appends and waits until every message is reported committed; returns the reports in order.
+    func append(_ messages: [LoggedMessage], to log: SQLiteMessageLog) async -> [(UInt64, Bool)] {
+        let reports = AsyncStream<(UInt64, Bool)>.makeStream()
+        for message in messages {
+            log.append(message) { committed in reports.continuation.yield((message.serial, committed)) }
+        }
+        var seen: [(UInt64, Bool)] = []
+        for await report in reports.stream {
+            seen.append(report)
+            if seen.count == messages.count { break }
+        }
+        return seen
+    }
+
+    @Test func messagesAreCommittedInOrderAndReadBackByRange() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteStore(directory: directory)
+        let log = SQLiteMessageLog(store: store)
+        let reports = await append((1...30).map { .room(Self.roomMessage($0)) }, to: log)
+        #expect(reports.map(\.0) == Array(1...30))
+        #expect(reports.allSatisfy { $0.1 })
+        #expect(log.messagesStored.load(ordering: .relaxed) == 30)
+
+        let latest = try await log.messages(target: "#dev", in: HistoryRange(limit: 5, newestFirst: true))
+        #expect(latest.map(\.serial) == [26, 27, 28, 29, 30])
+        let before = try await log.messages(target: "#dev", in: HistoryRange(before: latest[0].cursor, limit: 3, newestFirst: true))
+        #expect(before.map(\.serial) == [23, 24, 25])
+        let after = try await log.messages(target: "#dev", in: HistoryRange(after: before[0].cursor, limit: 2, newestFirst: false))
+        #expect(after.map(\.serial) == [24, 25])
+        // Time bounds exclude the whole millisecond of the reference.
+        let byTime = try await log.messages(target: "#dev", in: HistoryRange(after: .after(Milliseconds.date(Self.start + 100)),
+                                                                            before: .before(Milliseconds.date(Self.start + 150)), limit: 10, newestFirst: false))
+        #expect(byTime.map(\.serial) == [11, 12, 13, 14])
+        #expect(try await log.messages(target: "#other", in: HistoryRange(limit: 5, newestFirst: true)).isEmpty)
+
+        let found = try await log.message(serial: 7)
+        #expect(found?.target == "#dev")
+        guard case .room(let seven)? = found?.message else { Issue.record("no room message 7"); return }
+        #expect(seven.text == "m7" && seven.sender == Self.alice && seven.time == Self.roomMessage(7).time)
+        await log.close()
+        try store.close()
+    }
+
+    @Test func offlineDirectMessagesAreClaimedOnceOldestFirst() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteStore(directory: directory)
+        let log = SQLiteMessageLog(store: store)
+        func direct(_ serial: UInt64, pending: String?) -> LoggedMessage {
+            .direct(DirectMessage(from: Self.alice, to: "bob", text: "d\(serial)", kind: .say, echo: false,
+                                  time: Milliseconds.date(Self.start + Int64(serial)), serial: serial,
+                                  tags: [MessageTag("+draft/react", "a;b\\c"), MessageTag("+flag", nil)]),
+                    conversation: "@alice bob", pendingFor: pending)
+        }
+        _ = await append([direct(1, pending: "bob"), direct(2, pending: nil), direct(3, pending: "bob")], to: log)
+        log.markPending(serial: 2, account: "bob")
+        let claimed = try await log.claimPending(account: "bob")
+        #expect(claimed.map(\.serial) == [1, 2, 3])
+        #expect(claimed.first == direct(1, pending: "bob"))
+        #expect(try await log.claimPending(account: "bob").isEmpty)
+        // Still in the conversation's history.
+        #expect(try await log.messages(target: "@alice bob", in: HistoryRange(limit: 10, newestFirst: true)).count == 3)
+        await log.close()
+        try store.close()
+    }
+
+    @Test func activeTargetsCountOnlyEachTargetsLatestMessage() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteStore(directory: directory)
+        let log = SQLiteMessageLog(store: store)
+        let dm = LoggedMessage.direct(DirectMessage(from: Self.alice, to: "bob", text: "hi", kind: .say, echo: false,
+                                                    time: Milliseconds.date(Self.start + 25), serial: 4), conversation: "@alice bob", pendingFor: nil)
+        let other = LoggedMessage.direct(DirectMessage(from: Self.alice, to: "zed", text: "hi", kind: .say, echo: false,
+                                                       time: Milliseconds.date(Self.start + 26), serial: 5), conversation: "@carol zed", pendingFor: nil)
+        _ = await append([.room(Self.roomMessage(1)), .room(Self.roomMessage(2, room: "#b")), .room(Self.roomMessage(3)), dm, other], to: log)
+        let all = try await log.activeTargets(rooms: ["#dev", "#b"], conversationsOf: "alice", from: .distantPast, to: .distantFuture, limit: 10)
+        #expect(all.map(\.target) == ["#b", "@alice bob", "#dev"])
+        // #dev's latest (m3, at +30) is past the window's end: left out although m1 is inside it.
+        let early = try await log.activeTargets(rooms: ["#dev", "#b"], conversationsOf: "alice", from: .distantPast,
+                                                to: Milliseconds.date(Self.start + 28), limit: 10)
+        #expect(early.map(\.target) == ["#b", "@alice bob"])
+        #expect(try await log.activeTargets(rooms: ["#dev"], conversationsOf: nil, from: .distantPast, to: .distantFuture, limit: 1).map(\.target) == ["#dev"])
+        await log.close()
+        try store.close()
+    }
+
+    @Test func pruningKeepsTheNewestPerRoomAndDropsOldMessages() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteStore(directory: directory)
+        let log = SQLiteMessageLog(store: store, retention: .init(maxPerRoom: 5, maxAge: .seconds(3600), interval: .seconds(3600)))
+        let now = Self.start + 10_000_000
+        var messages: [LoggedMessage] = (1...12).map { .room(Self.roomMessage($0, atMs: now - 60_000 + Int64($0))) }
+        messages.append(.room(Self.roomMessage(13, room: "#old", atMs: now - 7_200_000)))
+        messages.append(.room(Self.roomMessage(14, room: "#old", atMs: now - 1_000)))
+        _ = await append(messages, to: log)
+        let pruned = try log.prune(rooms: ["#dev", "#old"], now: Milliseconds.date(now))
+        #expect(pruned == 8)
+        #expect(try await log.messages(target: "#dev", in: HistoryRange(limit: 20, newestFirst: true)).map(\.serial) == [8, 9, 10, 11, 12])
+        #expect(try await log.messages(target: "#old", in: HistoryRange(limit: 20, newestFirst: true)).map(\.serial) == [14])
+        await log.close()
+        try store.close()
+    }
+
+    @Test func resumingAfterARestartContinuesIdsAndReplays() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        do {
+            let store = try SQLiteStore(directory: directory)
+            let log = SQLiteMessageLog(store: store)
+            _ = await append((1...8).map { .room(Self.roomMessage($0, room: $0 % 2 == 0 ? "#even" : "#odd")) }, to: log)
+            await log.close()
+            try store.close()
+        }
+        let store = try SQLiteStore(directory: directory)
+        let log = SQLiteMessageLog(store: store)
+        let resumed = try log.resume(perRoom: 3)
+        #expect(resumed.nextSerial == 9)
+        #expect(resumed.lastTimeMs == Self.start + 80)
+        #expect(resumed.recent.map(\.serial) == [4, 6, 8, 3, 5, 7])
+        #expect(resumed.recent.first?.room == "#even")
+        await log.close()
+        try store.close()
+    }
+
+    @Test func anotherProgramsDatabaseIsRefusedByName() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let queue = try DatabaseQueue(path: directory + "/parley.sqlite")
+        try queue.write { db in try db.execute(sql: "CREATE TABLE invoices (id INTEGER PRIMARY KEY)") }
+        try queue.close()
+        #expect {
+            _ = try SQLiteStore(directory: directory)
+        } throws: { error in
+            "\(error)".contains("parley.sqlite") && "\(error)".contains("not a Parley database") && "\(error)".contains("invoices")
+        }
+    }
+
+    @Test func aDamagedDatabaseIsRefusedByName() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        do {
+            let store = try SQLiteStore(directory: directory)
+            let log = SQLiteMessageLog(store: store)
+            _ = await append((1...2000).map { .room(Self.roomMessage($0, text: String(repeating: "x", count: 200))) }, to: log)
+            await log.close()
+            try store.close()
+        }
+        // Overwrite pages in the middle of the file: the header stays valid, the b-trees do not.
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: directory + "/parley.sqlite"))
+        try handle.seek(toOffset: 40_960)
+        handle.write(Data(repeating: 0xA5, count: 65_536))
+        try handle.close()
+        #expect {
+            _ = try SQLiteStore(directory: directory)
+        } throws: { error in
+            "\(error)".contains("parley.sqlite") && "\(error)".contains("damaged")
+        }
+    }
+
+    @Test func aBackupIsACompleteDatabaseAndNeverOverwrites() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteStore(directory: directory)
+        _ = try await store.createAccount(AccountRecord(name: "alice", passwordHash: "h", createdAt: Date()))
+        let log = SQLiteMessageLog(store: store)
+        _ = await append((1...3).map { .room(Self.roomMessage($0)) }, to: log)
+        let copy = directory + "/backup.sqlite"
+        try store.backup(to: copy)
+        #expect { try store.backup(to: copy) } throws: { error in "\(error)".contains("already exists") }
+        await log.close()
+        try store.close()
+
+        let restored = directory + "/restored"
+        try FileManager.default.createDirectory(atPath: restored, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: copy, toPath: restored + "/parley.sqlite")
+        let reopened = try SQLiteStore(directory: restored)
+        let reopenedLog = SQLiteMessageLog(store: reopened)
+        #expect(try await reopened.account(named: "alice") != nil)
+        #expect(try await reopenedLog.messages(target: "#dev", in: HistoryRange(limit: 10, newestFirst: true)).map(\.serial) == [1, 2, 3])
+        await reopenedLog.close()
+        try reopened.close()
+    }
+
+    @Test func timestampsRoundTripToTheMillisecond() {
+        let date = Milliseconds.date(1_764_602_359_123)
+        #expect(Milliseconds.iso8601(date) == "2025-12-01T15:19:19.123Z")
+        #expect(Milliseconds.parse("2025-12-01T15:19:19.123Z") == date)
+        #expect(Milliseconds.parse("2025-12-01T15:19:19Z") == Milliseconds.date(1_764_602_359_000))
+        #expect(Milliseconds.parse("2025-12-01T15:19:19.1Z") == Milliseconds.date(1_764_602_359_100))
+        #expect(Milliseconds.parse("2025-12-01 15:19:19Z") == nil)
+        #expect(Milliseconds.parse("yesterday") == nil)
+        #expect(MessageID.serial(MessageID.string(123_456_789)) == 123_456_789)
+    }
+}
