@@ -17,6 +17,7 @@ import Darwin
 /// - `MSG #lobby alice: hi` → `[#lobby] <alice> hi`
 /// - `ACTION #lobby alice waves` → `* alice waves`
 /// - `DM from bob: x` → `*bob* x`; `DM to bob: x` → `-> *bob* x`
+/// - `HISTORY #lobby 2026-12-01T15:19:19.123Z alice: hi` → `[#lobby 2026-12-01 15:19] <alice> hi` (and `* alice waves`)
 /// - `ERR code text` → `! text` (`! code` when there is no text)
 /// - `JOIN #room NAME` → `-- NAME joined #room`; `PART #room NAME [reason]` → `-- NAME left #room [(reason)]`
 /// - `NICK OLD NEW` → `-- OLD is now known as NEW`
@@ -47,6 +48,15 @@ public func formatServerLine(_ line: String) -> String {
         case "to": return "-> *\(name)* \(text)"
         default: return line
         }
+    case "HISTORY":
+        // HISTORY TARGET TIME NAME: text | HISTORY TARGET TIME * NAME action
+        let (target, afterTarget) = splitWord(rest)
+        let (time, message) = splitWord(afterTarget)
+        guard !target.isEmpty, time.count >= 16 else { return line }
+        let when = String(time.prefix(16).map { $0 == "T" ? " " : $0 })
+        if message.hasPrefix("* ") { return "[\(target) \(when)] \(message)" }
+        guard let (name, text) = splitNameColonText(message) else { return line }
+        return "[\(target) \(when)] <\(name)> \(text)"
     case "ERR":
         let (code, text) = splitWord(rest)
         if !text.isEmpty { return "! \(text)" }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import Synchronization
 
 /// Message ids and timestamps. Every message gets a serial number (its id, global and increasing) and a
@@ -186,14 +187,17 @@ public struct HistoryConfig: Sendable {
     }
 }
 
-/// A room's most recent published messages, kept for replay on join. It outlives the room object (a
-/// room that empties is forgotten, its history is not).
+/// A room's most recent published messages, kept for replay on join, and the queue its messages are
+/// published from. It outlives the room object (a room that empties is forgotten, its history is not).
 final class RecentMessages: Sendable {
     private let capacity: Int
     private let state = Mutex<[RoomMessage]>([])
+    /// Where the room's committed messages are fanned out, in order; nil: on the log's thread.
+    let publisher: PublishQueue?
 
-    init(capacity: Int, initial: [RoomMessage] = []) {
+    init(capacity: Int, initial: [RoomMessage] = [], publisher: PublishQueue? = nil) {
         self.capacity = capacity
+        self.publisher = publisher
         state.withLock { $0 = Array(initial.suffix(capacity)) }
     }
 
@@ -211,4 +215,43 @@ final class RecentMessages: Sendable {
         guard let notBefore else { return all }
         return all.filter { $0.time >= notBefore }
     }
+}
+
+/// Runs work on one event loop in the order it was submitted, as many items per loop task as have
+/// queued meanwhile. The log's writer thread hands each room's committed messages to the room's queue,
+/// so rooms are fanned out on all the event loops at once while each room keeps its order.
+final class PublishQueue: Sendable {
+    let loop: any EventLoop
+    private let state = Mutex<(items: [@Sendable () -> Void], scheduled: Bool)>(([], false))
+
+    init(loop: any EventLoop) {
+        self.loop = loop
+    }
+
+    func submit(_ work: @escaping @Sendable () -> Void) {
+        let schedule = state.withLock { state in
+            state.items.append(work)
+            defer { state.scheduled = true }
+            return !state.scheduled
+        }
+        if schedule { loop.execute { self.drain() } }
+    }
+
+    private func drain() {
+        let items = state.withLock { state in
+            state.scheduled = false
+            let items = state.items
+            state.items = []
+            return items
+        }
+        for item in items { item() }
+    }
+}
+
+/// Counts down from a number, from any thread.
+final class ManagedCounter: Sendable {
+    private let value: Atomic<Int>
+    init(_ value: Int) { self.value = Atomic(value) }
+    /// Returns the value after the decrement.
+    func decrement() -> Int { value.subtract(1, ordering: .acquiringAndReleasing).newValue }
 }

@@ -105,6 +105,9 @@ public final class Hub: Sendable {
     private let stamper: MessageStamper
     /// Durable history; nil: messages are published as soon as they are accepted and nothing is kept.
     let log: (any MessageLog)?
+    /// One per event loop: committed room messages are fanned out there, each room on one of them.
+    private let publishers: [PublishQueue]
+    private let nextPublisher = Atomic<Int>(0)
     public let history: HistoryConfig
     /// A valid bcrypt hash of a random string: an unknown account costs as much to check as a known one.
     private let dummyHash = Mutex<String?>(nil)
@@ -114,7 +117,7 @@ public final class Hub: Sendable {
     public init(config: HubConfig = HubConfig(), accounts: any AccountStore, hasher: any PasswordHasher,
                 throttle: LoginThrottle = LoginThrottle(), log: (any MessageLog)? = nil,
                 history: HistoryConfig = HistoryConfig(), firstSerial: UInt64 = 1, lastTimeMs: Int64 = 0,
-                recent: [RoomMessage] = []) {
+                recent: [RoomMessage] = [], publishLoops: [any EventLoop] = []) {
         self.config = config
         self.accounts = accounts
         self.hasher = hasher
@@ -122,19 +125,19 @@ public final class Hub: Sendable {
         self.log = log
         self.history = history
         self.stamper = MessageStamper(firstSerial: firstSerial, lastTimeMs: lastTimeMs)
-        let capacity = history.replayOnJoin
+        self.publishers = publishLoops.map(PublishQueue.init)
         let byRoom = Dictionary(grouping: recent) { NameRules.key($0.room) }
-        recentByRoom.withLock { map in
-            for (key, messages) in byRoom { map[key] = RecentMessages(capacity: capacity, initial: messages) }
-        }
+        for (key, messages) in byRoom { _ = recentMessages(forKey: key, initial: messages) }
     }
 
     public var keepsHistory: Bool { log != nil }
 
-    private func recentMessages(forKey key: String) -> RecentMessages {
+    private func recentMessages(forKey key: String, initial: [RoomMessage] = []) -> RecentMessages {
         recentByRoom.withLock { map in
             if let recent = map[key] { return recent }
-            let recent = RecentMessages(capacity: history.replayOnJoin)
+            // Rooms take the publishing loops in turn.
+            let publisher = publishers.isEmpty ? nil : publishers[nextPublisher.wrappingAdd(1, ordering: .relaxed).oldValue % publishers.count]
+            let recent = RecentMessages(capacity: history.replayOnJoin, initial: initial, publisher: publisher)
             map[key] = recent
             return recent
         }
@@ -525,12 +528,14 @@ public final class Hub: Sendable {
                                       sequence: state.sequence, time: stamp.time, serial: stamp.serial, tags: tags)
             if let log, kind != .tagOnly {
                 // Queued under the room lock, so the log's order (and the publishing order) is the room's.
+                let publisher = room.recent.publisher
                 log.append(.room(message)) { [self] committed in
                     guard committed else {
                         report(.failure(.storeFailed("store your message")), to: session, then)
                         return
                     }
-                    publish(message, key: key, sender: session, echo: echo, then: then)
+                    guard let publisher else { return publish(message, key: key, sender: session, echo: echo, then: then) }
+                    publisher.submit { [self] in publish(message, key: key, sender: session, echo: echo, then: then) }
                 }
             } else {
                 // Tag-only messages (typing notices, reactions) are not history: published at once.
@@ -687,7 +692,16 @@ public final class Hub: Sendable {
     /// Runs `body` once every message accepted before this call has been published (at once without
     /// a history). A client that pings to learn that everything before has arrived relies on this.
     public func afterPublished(_ body: @escaping @Sendable () -> Void) {
-        if let log { log.barrier(body) } else { body() }
+        guard let log else { return body() }
+        let publishers = self.publishers
+        guard !publishers.isEmpty else { return log.barrier(body) }
+        // After the log has handed over everything before it, and every publishing loop has fanned it out.
+        log.barrier {
+            let remaining = ManagedCounter(publishers.count)
+            for publisher in publishers {
+                publisher.submit { if remaining.decrement() == 0 { body() } }
+            }
+        }
     }
 
     /// Hands a session that just logged in the direct messages its account received while offline,

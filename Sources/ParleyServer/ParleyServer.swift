@@ -80,7 +80,8 @@ public final class ParleyServer: Sendable {
             }
             self.log = log
             hub = Hub(config: hubConfig, accounts: store, hasher: hasher, log: log, history: config.history,
-                      firstSerial: resumed.nextSerial, lastTimeMs: resumed.lastTimeMs, recent: resumed.recent)
+                      firstSerial: resumed.nextSerial, lastTimeMs: resumed.lastTimeMs, recent: resumed.recent,
+                      publishLoops: Array(group.makeIterator()))
         } else {
             log = nil
             // Nothing is stored, so nothing says where ids stopped last time: start from the clock,

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import GRDB
+import GRDBSQLite
 import ParleyCore
 import Synchronization
 
@@ -146,7 +147,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         for job in jobs {
             switch job {
             case .append(let logged, _):
-                try insert.execute(arguments: Self.arguments(logged))
+                try Self.insert(logged, with: insert)
             case .markPending(let serial, let account):
                 try db.execute(sql: "UPDATE message SET pendingFor = ? WHERE id = ?", arguments: [account, Int64(bitPattern: serial)])
             case .claim(let account, _):
@@ -160,16 +161,53 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         return claims
     }
 
-    private static func arguments(_ logged: LoggedMessage) -> StatementArguments {
+    /// Binds straight to SQLite: this runs once per message on the one writer thread, and GRDB's
+    /// `StatementArguments` (an array of existentials per row) cost more than the insert itself.
+    private static func insert(_ logged: LoggedMessage, with statement: Statement) throws {
+        let handle = statement.sqliteStatement
+        let (serial, target, time, kind, sender, recipient, text, tags, pendingFor): (UInt64, String, Date, MessageKind, Speaker, String, String, [MessageTag], String?)
         switch logged {
         case .room(let message):
-            return [Int64(bitPattern: message.serial), NameRules.key(message.room), Milliseconds.from(message.time),
-                    kindCode(message.kind), message.sender.name, message.sender.user, message.sender.host,
-                    message.sender.account, message.room, message.text, TagCoding.encode(message.tags), nil]
-        case .direct(let message, let conversation, let pendingFor):
-            return [Int64(bitPattern: message.serial), conversation, Milliseconds.from(message.time),
-                    kindCode(message.kind), message.from.name, message.from.user, message.from.host,
-                    message.from.account, message.to, message.text, TagCoding.encode(message.tags), pendingFor]
+            (serial, target, time, kind, sender, recipient, text, tags, pendingFor) =
+                (message.serial, NameRules.key(message.room), message.time, message.kind, message.sender, message.room, message.text, message.tags, nil)
+        case .direct(let message, let conversation, let pending):
+            (serial, target, time, kind, sender, recipient, text, tags, pendingFor) =
+                (message.serial, conversation, message.time, message.kind, message.from, message.to, message.text, message.tags, pending)
+        }
+        sqlite3_reset(handle)
+        sqlite3_bind_int64(handle, 1, Int64(bitPattern: serial))
+        bind(target, 2, handle)
+        sqlite3_bind_int64(handle, 3, Milliseconds.from(time))
+        sqlite3_bind_int64(handle, 4, Int64(kindCode(kind)))
+        bind(sender.name, 5, handle)
+        bind(sender.user, 6, handle)
+        bind(sender.host, 7, handle)
+        bind(sender.account, 8, handle)
+        bind(recipient, 9, handle)
+        bind(text, 10, handle)
+        bind(TagCoding.encode(tags), 11, handle)
+        bind(pendingFor, 12, handle)
+        let code = sqlite3_step(handle)
+        guard code == SQLITE_DONE else {
+            throw DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(sqlite3_db_handle(handle))))
+        }
+    }
+
+    /// SQLite copies the text (SQLITE_TRANSIENT), so the Swift string's storage need not outlive the call.
+    private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+
+    private static func bind(_ text: String?, _ index: Int32, _ handle: OpaquePointer) {
+        guard var text else {
+            sqlite3_bind_null(handle, index)
+            return
+        }
+        text.withUTF8 { bytes in
+            // An empty buffer may have no address; SQLite would take a null pointer for NULL.
+            guard let base = bytes.baseAddress, !bytes.isEmpty else {
+                _ = sqlite3_bind_text(handle, index, "", 0, transient)
+                return
+            }
+            _ = sqlite3_bind_text(handle, index, UnsafeRawPointer(base).assumingMemoryBound(to: CChar.self), Int32(bytes.count), transient)
         }
     }
 

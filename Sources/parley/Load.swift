@@ -20,8 +20,20 @@ struct Load: AsyncParsableCommand {
     @Option(help: "The port of the server's line door.")
     var port = 5555
 
+    @Option(help: "course: accounts, login, one room, every message checked; rooms: guests in many rooms sending for --seconds, measuring throughput.")
+    var scenario = "course"
+
     @Option(help: "How many clients run at the same time.")
     var clients = 100
+
+    @Option(help: "rooms: how many rooms the clients are spread over.")
+    var rooms = 50
+
+    @Option(help: "rooms: how long the clients send, in seconds.")
+    var seconds = 10.0
+
+    @Option(help: "rooms: messages a client may have in flight (sent, not yet echoed).")
+    var window = 16
 
     @Option(help: "How many messages each client sends.")
     var messages = 5
@@ -46,9 +58,26 @@ struct Load: AsyncParsableCommand {
             throw ValidationError("--password must be 8 to 72 bytes, without spaces.")
         }
         guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535.") }
+        guard ["course", "rooms"].contains(scenario) else { throw ValidationError("--scenario takes course or rooms; got \"\(scenario)\".") }
+        guard rooms >= 1, window >= 1 else { throw ValidationError("--rooms and --window must be at least 1.") }
+        guard seconds > 0, seconds <= 3600 else { throw ValidationError("--seconds must be more than 0 and at most 3600.") }
     }
 
     func run() async throws {
+        if scenario == "rooms" {
+            var options = ThroughputOptions()
+            options.host = host
+            options.port = port
+            options.clients = clients
+            options.rooms = rooms
+            options.seconds = seconds
+            options.window = window
+            let report = await runThroughput(options)
+            print(report.summary)
+            print(report.jsonLine)
+            if !report.succeeded { throw ExitCode.failure }
+            return
+        }
         let options = LoadOptions(
             host: host,
             port: port,

@@ -16,6 +16,8 @@ import Testing
         ("NOTICE server: maintenance", "-- server: maintenance"),
         ("OK join You are now talking in #dev.", "You are now talking in #dev."),
         ("BYE Goodbye, alice.", "Goodbye, alice."),
+        ("HISTORY #dev 2026-12-01T15:19:19.123Z alice: hi: there", "[#dev 2026-12-01 15:19] <alice> hi: there"),
+        ("HISTORY #dev 2026-12-01T15:19:19.123Z * alice waves", "[#dev 2026-12-01 15:19] * alice waves"),
         ("SOMETHING new", "SOMETHING new"),
     ])
     func serverLinesAreShownReadably(_ line: String, _ shown: String) {
@@ -39,6 +41,27 @@ import Testing
             // Everyone logged out and left.
             #expect(server.server.hub.counters.activeSessions.load(ordering: .relaxed) == 0)
             #expect(server.server.hub.counters.messagesRelayed.load(ordering: .relaxed) == 150)
+        }
+    }
+
+    /// The throughput scenario, small and short: every message acknowledged and delivered to every
+    /// member of its room, exactly as many as the room sizes call for.
+    @Test func roomsScenarioDeliversEverythingItSends() async throws {
+        try await withServer({ $0.line.floodRate = 0 }) { server in
+            var options = ThroughputOptions()
+            options.port = server.port
+            options.clients = 12
+            options.rooms = 3
+            options.seconds = 1
+            options.window = 4
+            let report = await runThroughput(options)
+            #expect(report.errors == [])
+            #expect(report.sent > 0 && report.acknowledged == report.sent)
+            // Four members a room: each message reaches all four, its sender included.
+            #expect(report.expected == report.sent * 4 && report.delivered == report.expected && report.lost == 0)
+            #expect(report.latencyMs.count == report.sent)
+            #expect(report.succeeded)
+            #expect(server.server.log?.messagesStored.load(ordering: .relaxed) == report.sent)
         }
     }
 

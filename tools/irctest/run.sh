@@ -11,7 +11,7 @@ export PARLEY_BIN="${PARLEY_BIN:-$root/.build/release/parley}"
 [ -x "$PARLEY_BIN" ] || (cd "$root" && swift build -c release --product parley)
 files=(connection_registration cap pingpong join part messages topic names list who whois
        chmodes echo_message message_tags sasl account_registration lusers isupport buffering
-       invite kick quit away multi_prefix)
+       invite kick quit away multi_prefix chathistory)
 args=()
 for f in "${files[@]}"; do
   if [ -e "$IRCTEST_DIR/irctest/server_tests/$f.py" ]; then args+=("irctest/server_tests/$f.py"); fi
