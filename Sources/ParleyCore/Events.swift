@@ -138,6 +138,9 @@ public enum HubEvent: Sendable, Equatable {
     /// `who` logged in (account set) or out (nil); sent to those sharing a room (IRC account-notify).
     case accountChanged(who: Speaker, account: String?)
     case notice(String)
+    /// Sent to a sender whose message was accepted but then could not be delivered (it could not be
+    /// stored, or its recipient turned out not to exist), when its door did not ask to handle that.
+    case refused(HubError)
     case goodbye(GoodbyeReason)
 }
 

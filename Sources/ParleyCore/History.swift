@@ -151,9 +151,10 @@ public struct HistoryRange: Sendable, Equatable {
 /// reports each once its transaction has committed; only then does the hub publish it. The hub sees
 /// only this protocol; SQLite is one implementation.
 public protocol MessageLog: Sendable {
-    /// Queues a message. `committed` runs on the log's writer thread once the transaction that holds it
-    /// has committed (true) or failed (false), in the order messages were queued.
-    func append(_ message: LoggedMessage, committed: @escaping @Sendable (Bool) -> Void)
+    /// Queues a message. `committed` runs once the transaction that holds it has committed (true) or
+    /// failed (false), in the order messages were queued: on `publisher` when given (the callbacks of
+    /// one transaction for one publisher in one task), on the log's writer thread otherwise.
+    func append(_ message: LoggedMessage, publisher: PublishQueue?, committed: @escaping @Sendable (Bool) -> Void)
     /// Runs `body` on the writer thread once every message queued before it has been committed and
     /// handed to its `committed` callback.
     func barrier(_ body: @escaping @Sendable () -> Void)
@@ -191,27 +192,32 @@ public struct HistoryConfig: Sendable {
 /// published from. It outlives the room object (a room that empties is forgotten, its history is not).
 final class RecentMessages: Sendable {
     private let capacity: Int
-    private let state = Mutex<[RoomMessage]>([])
+    /// A ring: once full, `oldest` is where the next message goes.
+    private let state = Mutex<(messages: [RoomMessage], oldest: Int)>(([], 0))
     /// Where the room's committed messages are fanned out, in order; nil: on the log's thread.
     let publisher: PublishQueue?
 
     init(capacity: Int, initial: [RoomMessage] = [], publisher: PublishQueue? = nil) {
         self.capacity = capacity
         self.publisher = publisher
-        state.withLock { $0 = Array(initial.suffix(capacity)) }
+        state.withLock { $0.messages = Array(initial.suffix(capacity)) }
     }
 
     func append(_ message: RoomMessage) {
         guard capacity > 0 else { return }
-        state.withLock { messages in
-            if messages.count >= capacity { messages.removeFirst(messages.count - capacity + 1) }
-            messages.append(message)
+        state.withLock { ring in
+            if ring.messages.count < capacity {
+                ring.messages.append(message)
+            } else {
+                ring.messages[ring.oldest] = message
+                ring.oldest = (ring.oldest + 1) % capacity
+            }
         }
     }
 
     /// The newest messages, oldest first, not older than `notBefore`.
     func snapshot(notBefore: Date?) -> [RoomMessage] {
-        let all = state.withLock { $0 }
+        let all = state.withLock { ring in Array(ring.messages[ring.oldest...] + ring.messages[..<ring.oldest]) }
         guard let notBefore else { return all }
         return all.filter { $0.time >= notBefore }
     }
@@ -220,7 +226,7 @@ final class RecentMessages: Sendable {
 /// Runs work on one event loop in the order it was submitted, as many items per loop task as have
 /// queued meanwhile. The log's writer thread hands each room's committed messages to the room's queue,
 /// so rooms are fanned out on all the event loops at once while each room keeps its order.
-final class PublishQueue: Sendable {
+public final class PublishQueue: Sendable {
     let loop: any EventLoop
     private let state = Mutex<(items: [@Sendable () -> Void], scheduled: Bool)>(([], false))
 
@@ -228,7 +234,7 @@ final class PublishQueue: Sendable {
         self.loop = loop
     }
 
-    func submit(_ work: @escaping @Sendable () -> Void) {
+    public func submit(_ work: @escaping @Sendable () -> Void) {
         let schedule = state.withLock { state in
             state.items.append(work)
             defer { state.scheduled = true }

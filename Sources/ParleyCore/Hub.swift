@@ -528,14 +528,12 @@ public final class Hub: Sendable {
                                       sequence: state.sequence, time: stamp.time, serial: stamp.serial, tags: tags)
             if let log, kind != .tagOnly {
                 // Queued under the room lock, so the log's order (and the publishing order) is the room's.
-                let publisher = room.recent.publisher
-                log.append(.room(message)) { [self] committed in
+                log.append(.room(message), publisher: room.recent.publisher) { [self] committed in
                     guard committed else {
                         report(.failure(.storeFailed("store your message")), to: session, then)
                         return
                     }
-                    guard let publisher else { return publish(message, key: key, sender: session, echo: echo, then: then) }
-                    publisher.submit { [self] in publish(message, key: key, sender: session, echo: echo, then: then) }
+                    publish(message, key: key, sender: session, echo: echo, then: then)
                 }
             } else {
                 // Tag-only messages (typing notices, reactions) are not history: published at once.
@@ -579,10 +577,14 @@ public final class Hub: Sendable {
         return { then(.success(message)) }
     }
 
-    /// Tells a sender's door what became of its message, on the sender's loop.
+    /// Tells a sender's door what became of its message, on the sender's loop; without a handler, a
+    /// failure reaches the sender as a `refused` event.
     private func report<Message: Sendable>(_ result: Result<Message, HubError>, to session: Session, _ then: PublishedHandler<Message>?) {
-        guard let then else { return }
-        session.sink.eventLoop.execute { then(result) }
+        if let then {
+            session.sink.eventLoop.execute { then(result) }
+        } else if case .failure(let error) = result {
+            deliver(.refused(error), to: [session])
+        }
     }
 
     /// A direct message to every session of a name; the sender gets an echo after the recipients.
@@ -667,7 +669,7 @@ public final class Hub: Sendable {
         let recipient = recipients[0]
         let conversation = Self.conversation(Self.participant(account: session.account, name: session.name),
                                              Self.participant(account: recipient.account, name: recipient.name))
-        log.append(.direct(message, conversation: conversation, pendingFor: nil)) { [self] committed in
+        log.append(.direct(message, conversation: conversation, pendingFor: nil), publisher: nil) { [self] committed in
             guard committed else { return report(.failure(.storeFailed("store your message")), to: session, then) }
             publish()
         }
@@ -678,7 +680,7 @@ public final class Hub: Sendable {
         guard let log else { return }
         let conversation = Self.conversation(Self.participant(account: session.account, name: session.name), account)
         let echoed = message.with(echo: true, delivery: .queued)
-        log.append(.direct(message, conversation: conversation, pendingFor: account)) { [self] committed in
+        log.append(.direct(message, conversation: conversation, pendingFor: account), publisher: nil) { [self] committed in
             guard committed else { return report(.failure(.storeFailed("store your message")), to: session, then) }
             let after = completion(then, echoed)
             if echo {

@@ -124,6 +124,8 @@ public final class IRCFormat: WireFormat {
             message = IRCMessage(source: Self.mask(by), "INVITE", [target, room])
         case .notice(let text):
             message = IRCMessage(source: serverName, "NOTICE", ["*", "*** Notice from the operator: \(text)"])
+        case .refused(let error):
+            message = IRCMessage(source: serverName, "NOTICE", ["*", "*** Your message was not delivered: \(error.message)"])
         case .goodbye(let reason):
             message = IRCMessage("ERROR", ["Closing Link: " + Self.describe(reason)])
         }

@@ -180,10 +180,11 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
                 guard let room = currentRoom else { throw .noCurrentRoom }
                 var kind = MessageKind.say
                 if case .me = command { kind = .action }
-                // The echo (MSG) is the acknowledgement; a message that could not be stored gets an ERR instead.
-                try hub.say(session, room: room, text: text, kind: kind, then: failureReporter(context))
+                // The echo (MSG) is the acknowledgement; a message that could not be stored gets an ERR
+                // instead (the hub's `refused` event).
+                try hub.say(session, room: room, text: text, kind: kind)
             case .msg(let to, let text):
-                try hub.direct(session, to: to, text: text, then: failureReporter(context))
+                try hub.direct(session, to: to, text: text)
             case .history(let target, let count):
                 guard let target = target ?? currentRoom else { throw .noCurrentRoom }
                 let (key, name) = try hub.historyTarget(for: session, target)
@@ -268,18 +269,6 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
             } else {
                 handler.reply(context, LineReply.ok("history", "\(lines.count) message\(lines.count == 1 ? "" : "s") from \(name), oldest first; /history again for older ones."))
             }
-        }
-    }
-
-    /// For a message the hub publishes later (once stored): an ERR if it could not be.
-    private func failureReporter<Message: Sendable>(_ context: ChannelHandlerContext) -> PublishedHandler<Message>? {
-        guard hub.keepsHistory else { return nil }
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        return { result in
-            guard case .failure(let error) = result else { return }
-            let (handler, context) = bound.value
-            handler.reply(context, LineReply.error(error))
-            handler.flushIfNeeded(context)
         }
     }
 

@@ -54,6 +54,8 @@ public final class LineFormat: WireFormat {
             return "INVITE \(room) \(by.name)"
         case .notice(let text):
             return "NOTICE server: \(text)"
+        case .refused(let error):
+            return LineReply.error(error)
         case .goodbye(let reason):
             switch reason {
             case .quit: return "BYE Goodbye."

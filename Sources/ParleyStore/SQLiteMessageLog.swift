@@ -24,7 +24,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
     }
 
     enum Job: Sendable {
-        case append(LoggedMessage, @Sendable (Bool) -> Void)
+        case append(LoggedMessage, PublishQueue?, @Sendable (Bool) -> Void)
         case markPending(serial: UInt64, account: String)
         case barrier(@Sendable () -> Void)
         case claim(account: String, CheckedContinuation<[LoggedMessage], any Error>)
@@ -33,6 +33,11 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
 
     private let pool: DatabasePool
     private let retention: Retention
+    /// A batch this large means load; one this large is worth committing without delay.
+    static let busyBatch = 4
+    static let fullBatch = 256
+    static let commitDelayMicroseconds: UInt32 = 4000
+    static let commitDelayStep: UInt32 = 500
     private let queue = Mutex<[Job]>([])
     /// Signalled when the queue goes from empty to not empty.
     private let wake = DispatchSemaphore(value: 0)
@@ -46,8 +51,10 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
     public init(store: SQLiteStore, retention: Retention = Retention()) {
         pool = store.pool
         self.retention = retention
-        let thread = Thread { [self] in run() }
-        thread.name = "parley-history-writer"
+        let thread = Thread { [self] in
+            nameThisThread("parley-history")
+            run()
+        }
         thread.start()
     }
 
@@ -61,9 +68,9 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         if wasEmpty { wake.signal() }
     }
 
-    public func append(_ message: LoggedMessage, committed: @escaping @Sendable (Bool) -> Void) {
+    public func append(_ message: LoggedMessage, publisher: PublishQueue?, committed: @escaping @Sendable (Bool) -> Void) {
         guard !stopped.load(ordering: .relaxed) else { return committed(false) }
-        submit(.append(message, committed))
+        submit(.append(message, publisher, committed))
     }
 
     public func barrier(_ body: @escaping @Sendable () -> Void) {
@@ -89,30 +96,63 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
     private func run() {
         var lastPrune = ContinuousClock.now
         var touchedRooms: Set<String> = []
+        var lastBatch = 0
         while true {
             _ = wake.wait(timeout: .now() + .seconds(1))
+            // Commit delay: a transaction costs a few hundred microseconds whatever it holds. Under load
+            // (the last batch was not a lone message), let a small batch grow for a moment; at rest a
+            // message is written at once.
+            if lastBatch >= Self.busyBatch {
+                var waited: UInt32 = 0
+                while waited < Self.commitDelayMicroseconds && queue.withLock({ $0.count }) < Self.fullBatch {
+                    usleep(Self.commitDelayStep)
+                    waited += Self.commitDelayStep
+                }
+            }
             let jobs = queue.withLock { queue in
                 defer { queue.removeAll(keepingCapacity: true) }
                 return queue
             }
+            lastBatch = jobs.count
             var stop: CheckedContinuation<Void, Never>?
             if !jobs.isEmpty {
                 let writes = jobs.contains { if case .barrier = $0 { false } else { true } }
-                let result = writes ? Result { try pool.write { db in try Self.perform(jobs, db) } } : .success([])
+                let tracksRooms = retention.maxPerRoom != nil
+                let result: Result<(claims: [[LoggedMessage]], rooms: Set<String>), any Error> =
+                    writes ? Result { try pool.write { db in try Self.perform(jobs, db, trackRooms: tracksRooms) } } : .success(([], []))
+                if case .success(let done) = result { touchedRooms.formUnion(done.rooms) }
                 if writes { transactions.add(1, ordering: .relaxed) }
+                let committed = (try? result.get()) != nil
+                // Callbacks bound for a publisher go to it together, one task per publisher per transaction.
+                var forPublishers: [(PublishQueue, [@Sendable (Bool) -> Void])] = []
+                func handOver() {
+                    for (publisher, callbacks) in forPublishers {
+                        publisher.submit { for callback in callbacks { callback(committed) } }
+                    }
+                    forPublishers.removeAll()
+                }
                 var claimIndex = 0
                 for job in jobs {
                     switch job {
-                    case .append(let message, let committed):
-                        if case .room(let room) = message { touchedRooms.insert(NameRules.key(room.room)) }
-                        committed((try? result.get()) != nil)
+                    case .append(_, let publisher, let callback):
+                        guard let publisher else {
+                            callback(committed)
+                            continue
+                        }
+                        if let index = forPublishers.firstIndex(where: { $0.0 === publisher }) {
+                            forPublishers[index].1.append(callback)
+                        } else {
+                            forPublishers.append((publisher, [callback]))
+                        }
                     case .markPending:
                         break
                     case .barrier(let body):
+                        // Everything before the barrier is handed over before it runs.
+                        handOver()
                         body()
                     case .claim(_, let continuation):
                         switch result {
-                        case .success(let claims): continuation.resume(returning: claims[claimIndex])
+                        case .success(let done): continuation.resume(returning: done.claims[claimIndex])
                         case .failure(let error): continuation.resume(throwing: error)
                         }
                         claimIndex += 1
@@ -120,6 +160,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                         stop = continuation
                     }
                 }
+                handOver()
                 if case .success = result {
                     messagesStored.add(jobs.reduce(0) { count, job in if case .append = job { count + 1 } else { count } }, ordering: .relaxed)
                 }
@@ -137,17 +178,20 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         }
     }
 
-    /// One transaction for a batch of jobs; returns what each claim took, in order.
-    private static func perform(_ jobs: [Job], _ db: Database) throws -> [[LoggedMessage]] {
+    /// One transaction for a batch of jobs; returns what each claim took, in order. Notes the rooms
+    /// written to in `touchedRooms`, when given (for pruning by count).
+    private static func perform(_ jobs: [Job], _ db: Database, trackRooms: Bool) throws -> (claims: [[LoggedMessage]], rooms: Set<String>) {
         var claims: [[LoggedMessage]] = []
+        var rooms: Set<String> = []
         let insert = try db.cachedStatement(sql: """
             INSERT INTO message (id, target, time, kind, sender, senderUser, senderHost, senderAccount, recipient, text, tags, pendingFor)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """)
         for job in jobs {
             switch job {
-            case .append(let logged, _):
-                try Self.insert(logged, with: insert)
+            case .append(let logged, _, _):
+                let target = try Self.insert(logged, with: insert)
+                if trackRooms, target.hasPrefix("#") { rooms.insert(target) }
             case .markPending(let serial, let account):
                 try db.execute(sql: "UPDATE message SET pendingFor = ? WHERE id = ?", arguments: [account, Int64(bitPattern: serial)])
             case .claim(let account, _):
@@ -158,12 +202,13 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                 break
             }
         }
-        return claims
+        return (claims, rooms)
     }
 
     /// Binds straight to SQLite: this runs once per message on the one writer thread, and GRDB's
     /// `StatementArguments` (an array of existentials per row) cost more than the insert itself.
-    private static func insert(_ logged: LoggedMessage, with statement: Statement) throws {
+    /// Returns the row's target.
+    private static func insert(_ logged: LoggedMessage, with statement: Statement) throws -> String {
         let handle = statement.sqliteStatement
         let (serial, target, time, kind, sender, recipient, text, tags, pendingFor): (UInt64, String, Date, MessageKind, Speaker, String, String, [MessageTag], String?)
         switch logged {
@@ -191,6 +236,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         guard code == SQLITE_DONE else {
             throw DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(sqlite3_db_handle(handle))))
         }
+        return target
     }
 
     /// SQLite copies the text (SQLITE_TRANSIENT), so the Swift string's storage need not outlive the call.

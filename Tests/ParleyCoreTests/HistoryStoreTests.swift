@@ -20,7 +20,7 @@ import Testing
     func append(_ messages: [LoggedMessage], to log: SQLiteMessageLog) async -> [(UInt64, Bool)] {
         let reports = AsyncStream<(UInt64, Bool)>.makeStream()
         for message in messages {
-            log.append(message) { committed in reports.continuation.yield((message.serial, committed)) }
+            log.append(message, publisher: nil) { committed in reports.continuation.yield((message.serial, committed)) }
         }
         var seen: [(UInt64, Bool)] = []
         for await report in reports.stream {
