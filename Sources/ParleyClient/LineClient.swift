@@ -294,7 +294,7 @@ final class LineInbox: Sendable {
 // MARK: - Channel handler
 
 /// Splits the inbound byte stream into lines (LF or CRLF) and hands each read's lines to the inbox.
-final class LineSplitter: ChannelInboundHandler {
+final class LineSplitter: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
     private let inbox: LineInbox
@@ -423,6 +423,20 @@ public final class LineClient: Sendable {
         buffer.writeString(line)
         buffer.writeInteger(UInt8(ascii: "\n"))
         try await write(buffer)
+    }
+
+    /// The event loop the connection runs on.
+    var eventLoop: any EventLoop { channel.eventLoop }
+
+    /// Replaces the line reader with `handler`, which from then on gets the raw bytes (lines already read
+    /// stay unread). For load generators that must not pay for a string per line.
+    func handOver(to handler: some ChannelInboundHandler & Sendable) async throws {
+        let channel = self.channel
+        try await channel.eventLoop.submit {
+            let splitter = try channel.pipeline.syncOperations.context(handlerType: LineSplitter.self)
+            try channel.pipeline.syncOperations.addHandler(handler)
+            return channel.pipeline.syncOperations.removeHandler(context: splitter)
+        }.flatMap { $0 }.get()
     }
 
     /// Sends several lines in one write.

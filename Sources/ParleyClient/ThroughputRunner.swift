@@ -77,34 +77,6 @@ public struct ThroughputReport: Codable, Sendable, Equatable {
     }
 }
 
-/// Per room: how many members it has and how many messages they sent in all, once all have finished.
-final class RoomTally: Sendable {
-    private struct State {
-        var members = 0
-        var finished = 0
-        var sent = 0
-    }
-    private let state: Mutex<[State]>
-
-    init(rooms: Int) {
-        state = Mutex(Array(repeating: State(), count: rooms))
-    }
-
-    func join(_ room: Int) { state.withLock { $0[room].members += 1 } }
-
-    func finished(_ room: Int, sent: Int) {
-        state.withLock { rooms in
-            rooms[room].finished += 1
-            rooms[room].sent += sent
-        }
-    }
-
-    /// The messages every member of the room receives, once all its members have stopped sending.
-    func expected(_ room: Int) -> Int? {
-        state.withLock { rooms in rooms[room].finished == rooms[room].members ? rooms[room].sent : nil }
-    }
-}
-
 struct ThroughputOutcome: Sendable {
     var sent = 0
     var acknowledged = 0
@@ -118,54 +90,54 @@ public func runThroughput(_ options: ThroughputOptions) async -> ThroughputRepor
     raiseOpenFileLimit()
     let runID = options.runID ?? String(UInt32.random(in: 0...UInt32.max), radix: 36)
     let rooms = max(1, min(options.rooms, options.clients))
-    let tally = RoomTally(rooms: rooms)
 
-    // Connect and join first, so that every room is full before anyone sends.
-    let connected: [(Int, Result<(LineClient, String), any Error>)] = await withTaskGroup(of: (Int, Result<(LineClient, String), any Error>).self) { group in
+    // Connect and join first, so that every room is full before anyone sends; then each connection is
+    // handed to a counting handler that runs on its event loop.
+    let connected: [(Int, Result<(LineClient, ThroughputHandler), any Error>)] = await withTaskGroup(of: (Int, Result<(LineClient, ThroughputHandler), any Error>).self) { group in
         for index in 0..<options.clients {
             group.addTask {
                 do {
                     let client = try await LineClient.connect(host: options.host, port: options.port)
-                    let welcome = try await client.expect(timeout: .seconds(30), "WELCOME") { $0.hasPrefix("WELCOME ") }
-                    let words = welcome.split(separator: " ")
-                    guard words.count > 1 else { throw LoadFailure("unexpected welcome: \(welcome)") }
-                    let name = String(words[1])
+                    _ = try await client.expect(timeout: .seconds(30), "WELCOME") { $0.hasPrefix("WELCOME ") }
                     try await client.send("/join #r\(runID)-\(index % rooms)")
-                    _ = try await client.expect(timeout: .seconds(30), "OK join") { $0.hasPrefix("OK join") || $0.hasPrefix("ERR ") }
-                    return (index, .success((client, name)))
+                    let joined = try await client.expect(timeout: .seconds(30), "OK join") { $0.hasPrefix("OK join") || $0.hasPrefix("ERR ") }
+                    guard joined.hasPrefix("OK join") else { throw LoadFailure(joined) }
+                    let handler = ThroughputHandler(tag: "p\(index)-", window: options.window, loop: client.eventLoop)
+                    try await client.handOver(to: handler)
+                    return (index, .success((client, handler)))
                 } catch {
                     return (index, .failure(error))
                 }
             }
         }
-        var all: [(Int, Result<(LineClient, String), any Error>)] = []
+        var all: [(Int, Result<(LineClient, ThroughputHandler), any Error>)] = []
         for await item in group { all.append(item) }
         return all
     }
     var errors: [String] = []
-    var members: [(index: Int, client: LineClient, name: String)] = []
+    var members: [(room: Int, client: LineClient, handler: ThroughputHandler)] = []
     for (index, result) in connected {
         switch result {
-        case .success(let (client, name)):
-            members.append((index, client, name))
-            tally.join(index % rooms)
-        case .failure(let error):
-            errors.append("client \(index): \(error)")
+        case .success(let (client, handler)): members.append((index % rooms, client, handler))
+        case .failure(let error): errors.append("client \(index): \(error)")
         }
     }
 
-    let start = ContinuousClock.now
-    let stopSending = start + .seconds(options.seconds)
-    let outcomes = await withTaskGroup(of: ThroughputOutcome.self) { group in
-        for member in members {
-            group.addTask {
-                await runThroughputClient(member.client, name: member.name, room: member.index % rooms, tag: "p\(member.index)-",
-                                          options: options, tally: tally, stopSending: stopSending)
-            }
-        }
-        var all: [ThroughputOutcome] = []
-        for await outcome in group { all.append(outcome) }
-        return all
+    // Send for the given time; each handler reports what it sent once its last message came back.
+    let stopSending = NIODeadline.now() + .nanoseconds(Int64(options.seconds * 1e9))
+    let grace = TimeAmount.nanoseconds(Int64(options.drainSeconds * 1e9))
+    let sending = members.map { $0.handler.send(until: stopSending, giveUpAfter: grace) }
+    var sentPerRoom = Array(repeating: 0, count: rooms)
+    for (member, sent) in zip(members, sending) {
+        sentPerRoom[member.room] += (try? await sent.get()) ?? 0
+    }
+    // Then every member must receive every message its room's members sent, its own included.
+    let draining = members.map { $0.handler.drain(expecting: sentPerRoom[$0.room], within: grace) }
+    var outcomes: [ThroughputOutcome] = []
+    for (member, future) in zip(members, draining) {
+        var outcome = (try? await future.get()) ?? ThroughputOutcome(error: "client \(member.handler.tag): the event loop went away")
+        outcome.expected = sentPerRoom[member.room]
+        outcomes.append(outcome)
     }
     for member in members { await member.client.close() }
 
@@ -181,68 +153,159 @@ public func runThroughput(_ options: ThroughputOptions) async -> ThroughputRepor
         latencyMs: LatencySummary(samples: outcomes.flatMap(\.latencies)), errorCount: errors.count, errors: Array(errors.prefix(5)))
 }
 
-/// One client: keeps `window` messages in flight until `stopSending`, counting every room message it
-/// receives (a prefix test, no parsing) and timing its own echoes; then waits for the rest of its room.
-private func runThroughputClient(_ client: LineClient, name: String, room: Int, tag: String, options: ThroughputOptions,
-                                 tally: RoomTally, stopSending: ContinuousClock.Instant) async -> ThroughputOutcome {
-    var outcome = ThroughputOutcome()
-    let roomMessage = "MSG #"
-    // Tags are unique per client ("p12-"), so ": p12-" marks this client's own messages.
-    let ownMarker = ": " + tag
-    var sentAt: [ContinuousClock.Instant] = []
-    var acknowledgedIndex = 0
-    var finished = false
-    let drainDeadline = stopSending + .seconds(options.drainSeconds)
-    do {
-        while true {
-            let now = ContinuousClock.now
-            if !finished && now < stopSending {
-                let room = outcome.sent - outcome.acknowledged
-                if room < options.window {
-                    var lines: [String] = []
-                    for _ in 0..<(options.window - room) {
-                        lines.append(tag + String(outcome.sent + lines.count))
-                    }
-                    // Before the write: the echo may be read before this task resumes.
-                    let sentTime = ContinuousClock.now
-                    for _ in lines { sentAt.append(sentTime) }
-                    try await client.send(lines: lines)
-                    outcome.sent += lines.count
-                }
-            } else if !finished && outcome.acknowledged == outcome.sent {
-                finished = true
-                tally.finished(room, sent: outcome.sent)
+/// One throughput client on its event loop. It keeps `window` messages in flight (sending one more as
+/// each of its own comes back) and counts the room messages it receives by scanning bytes: no strings,
+/// no task switch per line, so the generator costs the server's machine as little as it can.
+final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
+    // @unchecked Sendable: every stored var is touched only on `loop`, the channel's event loop (the
+    // methods called from elsewhere hop there with `flatSubmit` first); `loop`, `tag`, `marker` and
+    // `window` are constants.
+    typealias InboundIn = ByteBuffer
+
+    let tag: String
+    /// `: p12-`: the only lines that contain it are this client's own messages.
+    private let marker: [UInt8]
+    private let window: Int
+    private let loop: any EventLoop
+    private var context: ChannelHandlerContext?
+    private var partial: [UInt8] = []
+    private var outcome = ThroughputOutcome()
+    private var sentAt: [NIODeadline] = []
+    private var stopSending: NIODeadline?
+    private var sendingDone: EventLoopPromise<Int>?
+    private var expected: Int?
+    private var drained: EventLoopPromise<Void>?
+
+    init(tag: String, window: Int, loop: any EventLoop) {
+        self.loop = loop
+        self.tag = tag
+        self.marker = Array(": \(tag)".utf8)
+        self.window = max(1, window)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    /// Sends until the deadline; gives how many messages were sent once all have come back.
+    func send(until deadline: NIODeadline, giveUpAfter grace: TimeAmount) -> EventLoopFuture<Int> {
+        loop.flatSubmit { [self] in
+            let promise = loop.makePromise(of: Int.self)
+            sendingDone = promise
+            stopSending = deadline
+            top()
+            // Wakes the handler at the deadline (and fails it if its messages never all come back).
+            loop.scheduleTask(deadline: deadline) { [self] in checkSending() }
+            loop.scheduleTask(deadline: deadline + grace) { [self] in
+                sendingDone?.fail(LoadFailure("client \(tag): \(outcome.sent - outcome.acknowledged) messages never came back"))
+                sendingDone = nil
             }
-            if finished, let expected = tally.expected(room), outcome.delivered >= expected {
-                outcome.expected = expected
-                return outcome
+            return promise.futureResult
+        }
+    }
+
+    /// Waits until `count` room messages have arrived (or the time is up); gives what this client saw.
+    func drain(expecting count: Int, within limit: TimeAmount) -> EventLoopFuture<ThroughputOutcome> {
+        loop.flatSubmit { [self] in
+            expected = count
+            let promise = loop.makePromise(of: Void.self)
+            drained = promise
+            checkDrained()
+            loop.scheduleTask(in: limit) { [self] in
+                drained?.fail(LoadFailure("client \(tag): \(outcome.delivered) of \(count) messages arrived"))
+                drained = nil
             }
-            if ContinuousClock.now > drainDeadline {
-                outcome.expected = tally.expected(room) ?? outcome.delivered
-                outcome.error = "client \(name): gave up waiting with \(outcome.sent - outcome.acknowledged) unacknowledged messages"
-                return outcome
-            }
-            let batch: [IncomingLine]
-            do {
-                batch = try await client.nextBatch(timeout: .milliseconds(200))
-            } catch LineClientError.timeout {
-                continue
-            }
-            for line in batch where line.text.hasPrefix(roomMessage) {
-                outcome.delivered += 1
-                if line.text.contains(ownMarker) {
-                    if acknowledgedIndex < sentAt.count {
-                        outcome.latencies.append(milliseconds(line.receivedAt - sentAt[acknowledgedIndex]))
-                        acknowledgedIndex += 1
-                    }
-                    outcome.acknowledged += 1
-                }
+            return promise.futureResult.map { [self] in outcome }.recover { [self] error in
+                var result = outcome
+                result.error = "\(error)"
+                return result
             }
         }
-    } catch {
-        outcome.error = "client \(name): \(error)"
-        if !finished { tally.finished(room, sent: outcome.sent) }
-        outcome.expected = tally.expected(room) ?? outcome.delivered
-        return outcome
+    }
+
+    /// Fills the window.
+    private func top() {
+        guard let context, let stopSending, NIODeadline.now() < stopSending else { return checkSending() }
+        let owed = window - (outcome.sent - outcome.acknowledged)
+        guard owed > 0 else { return }
+        var buffer = context.channel.allocator.buffer(capacity: owed * (tag.utf8.count + 8))
+        let now = NIODeadline.now()
+        for _ in 0..<owed {
+            buffer.writeString(tag)
+            buffer.writeString(String(outcome.sent))
+            buffer.writeInteger(UInt8(ascii: "\n"))
+            sentAt.append(now)
+            outcome.sent += 1
+        }
+        context.writeAndFlush(NIOAny(buffer), promise: nil)
+    }
+
+    private func checkSending() {
+        guard let stopSending, NIODeadline.now() >= stopSending, outcome.acknowledged == outcome.sent else { return }
+        sendingDone?.succeed(outcome.sent)
+        sendingDone = nil
+    }
+
+    private func checkDrained() {
+        guard let expected, outcome.delivered >= expected else { return }
+        drained?.succeed()
+        drained = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        let now = NIODeadline.now()
+        buffer.withUnsafeReadableBytes { raw in
+            var start = raw.startIndex
+            while let newline = raw[start...].firstIndex(of: 0x0A) {
+                if partial.isEmpty {
+                    count(UnsafeRawBufferPointer(rebasing: raw[start..<newline]), at: now)
+                } else {
+                    partial.append(contentsOf: raw[start..<newline])
+                    partial.withUnsafeBytes { count($0, at: now) }
+                    partial.removeAll(keepingCapacity: true)
+                }
+                start = newline + 1
+            }
+            partial.append(contentsOf: raw[start...])
+        }
+        top()
+        checkDrained()
+    }
+
+    /// One line: a room message (`MSG #...`), and this client's own if it holds the marker.
+    private func count(_ line: UnsafeRawBufferPointer, at now: NIODeadline) {
+        guard line.count > 4, line[0] == UInt8(ascii: "M"), line[1] == UInt8(ascii: "S"), line[2] == UInt8(ascii: "G"),
+              line[3] == UInt8(ascii: " ") else { return }
+        outcome.delivered += 1
+        guard contains(line, marker) else { return }
+        if outcome.acknowledged < sentAt.count {
+            outcome.latencies.append(Double((now - sentAt[outcome.acknowledged]).nanoseconds) / 1e6)
+        }
+        outcome.acknowledged += 1
+    }
+
+    private func contains(_ line: UnsafeRawBufferPointer, _ needle: [UInt8]) -> Bool {
+        guard line.count >= needle.count else { return false }
+        var index = 0
+        while index <= line.count - needle.count {
+            if line[index] == needle[0] {
+                var matched = 1
+                while matched < needle.count && line[index + matched] == needle[matched] { matched += 1 }
+                if matched == needle.count { return true }
+            }
+            index += 1
+        }
+        return false
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        sendingDone?.fail(LineClientError.closed)
+        sendingDone = nil
+        drained?.fail(LineClientError.closed)
+        drained = nil
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
     }
 }

@@ -23,14 +23,6 @@ public enum StoreError: Error, CustomStringConvertible {
 public final class SQLiteStore: AccountStore, Sendable {
     public let path: String
     let pool: DatabasePool
-    /// Checkpoints run on a connection and a thread of their own: copying the WAL into the database
-    /// (and its fsync) would otherwise fall on whichever commit crossed SQLite's threshold, holding up
-    /// the messages waiting behind it.
-    private let checkpointer: DatabaseQueue
-    private let stopCheckpoints = DispatchSemaphore(value: 0)
-    private let checkpointsStopped = DispatchSemaphore(value: 0)
-    /// The WAL size past which the checkpointer copies it into the database.
-    static let checkpointBytes: UInt64 = 16 << 20
     /// Stamped into every Parley database ("PRLY"), so a database of another program is refused
     /// rather than written into.
     static let applicationID: Int32 = 0x5052_4C59
@@ -47,11 +39,14 @@ public final class SQLiteStore: AccountStore, Sendable {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             var configuration = Configuration()
             configuration.busyMode = .timeout(5)
-            configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA wal_autocheckpoint = 0") }
+            // SQLite checkpoints the WAL inside the commit that takes it past 1,000 pages: with no other
+            // writer at that moment it copies all of it, so the WAL starts over (measured: cheaper than
+            // a checkpoint thread of our own, whose checkpoints run against a stream of commits). A WAL
+            // that was reset is cut back to this size, so it does not keep the disk of a burst.
+            configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA journal_size_limit = 67108864") }
             pool = try DatabasePool(path: path, configuration: configuration)
             try pool.writeWithoutTransaction { db in try Self.check(db, path: path) }
             try Self.migrator.migrate(pool)
-            checkpointer = try DatabaseQueue(path: path, configuration: configuration)
         } catch let error as StoreError {
             throw error
         } catch let error as DatabaseError {
@@ -64,7 +59,6 @@ public final class SQLiteStore: AccountStore, Sendable {
         } catch {
             throw StoreError.cannotOpen(path: path, reason: "\(error)")
         }
-        startCheckpoints()
     }
 
     static let damagedAdvice = "Restore it from a backup (see docs/operations.md) or move it aside to start with an empty database"
@@ -159,40 +153,14 @@ public final class SQLiteStore: AccountStore, Sendable {
         }
     }
 
-    /// Checkpoints the WAL (unless another process, a running server, owns the file) and closes the
-    /// file; the store is unusable afterwards.
-    /// Checks the WAL's size twice a second until the store closes.
-    private func startCheckpoints() {
-        let walPath = path + "-wal"
-        let thread = Thread { [self] in
-            nameThisThread("parley-ckpt")
-            while stopCheckpoints.wait(timeout: .now() + .milliseconds(500)) == .timedOut {
-                let attributes = try? FileManager.default.attributesOfItem(atPath: walPath)
-                guard let size = attributes?[.size] as? UInt64, size > Self.checkpointBytes else { continue }
-                // PASSIVE: copies what it can without waiting for the writer or readers.
-                _ = try? checkpointer.writeWithoutTransaction { db in try db.checkpoint(.passive) }
-            }
-            checkpointsStopped.signal()
-        }
-        thread.start()
-    }
-
     private let closed = Atomic<Bool>(false)
 
+    /// Checkpoints the WAL (unless another process, a running server, owns the file) and closes the
+    /// file; the store is unusable afterwards. Safe to call more than once.
     public func close(checkpoint: Bool = true) throws {
         guard !closed.exchange(true, ordering: .relaxed) else { return }
-        stopCheckpoints.signal()
-        checkpointsStopped.wait()
-        try checkpointer.close()
         if checkpoint { try pool.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) } }
         try pool.close()
     }
 }
 
-/// Names the calling thread as `top -H`, `perf` and /proc show it (15 characters at most). Foundation's
-/// `Thread.name` does not reach the kernel on Linux.
-func nameThisThread(_ name: String) {
-    #if os(Linux)
-    try? name.write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
-    #endif
-}
