@@ -156,6 +156,20 @@ extension LineClient {
         }
     }
 
+    @Test func theWriterPrunesRoomsPastTheirLimitInTheBackground() async throws {
+        try await withServer({ $0.history.maxPerRoom = 5; $0.pruneInterval = .zero }) { server in
+            let alice = try await server.user("alice")
+            _ = try await alice.command("/join #small")
+            for n in 1...12 { try await alice.send("m\(n)") }
+            _ = try await alice.expect { $0 == "MSG #small alice: m12" }
+            // The writer prunes after each transaction; a barrier runs after the pass that stored m12.
+            await withCheckedContinuation { done in server.server.hub.afterPublished { done.resume() } }
+            let page = try await alice.history("/history 50")
+            #expect(page.lines.map(LineClient.text(ofHistory:)) == (8...12).map { "m\($0)" })
+            #expect(server.server.log?.messagesPruned.load(ordering: .relaxed) == 7)
+        }
+    }
+
     @Test func withHistoryOffNothingIsKeptOrReplayed() async throws {
         try await withServer({ $0.keepHistory = false; $0.history.replayOnJoin = 0 }) { server in
             let alice = try await server.user("alice")
