@@ -439,16 +439,6 @@ public final class LineClient: Sendable {
         }.flatMap { $0 }.get()
     }
 
-    /// Sends several lines in one write.
-    func send(lines: [String]) async throws {
-        var buffer = channel.allocator.buffer(capacity: lines.reduce(0) { $0 + $1.utf8.count + 1 })
-        for line in lines {
-            buffer.writeString(line)
-            buffer.writeInteger(UInt8(ascii: "\n"))
-        }
-        try await write(buffer)
-    }
-
     /// Sends exactly `bytes`, flushed.
     public func sendRaw(_ bytes: [UInt8]) async throws {
         var buffer = channel.allocator.buffer(capacity: bytes.count)

@@ -130,8 +130,6 @@ public final class Hub: Sendable {
         for (key, messages) in byRoom { _ = recentMessages(forKey: key, initial: messages) }
     }
 
-    public var keepsHistory: Bool { log != nil }
-
     private func recentMessages(forKey key: String, initial: [RoomMessage] = []) -> RecentMessages {
         recentByRoom.withLock { map in
             if let recent = map[key] { return recent }
@@ -603,14 +601,14 @@ public final class Hub: Sendable {
         let echoCopy = echo && session.receivesOwnMessages
         // Resolved and queued under the registry lock: a login (a rename under the same lock) either
         // comes first and gets it live, or comes after and claims it from the log.
-        let sent: Bool = registry.withLock { registry in
+        let sent: (publishNow: (@Sendable () -> Void)?, found: Bool) = registry.withLock { registry in
             let recipients = (registry.byName[NameRules.key(name)] ?? []).compactMap { registry.sessions[$0] }
-            guard let first = recipients.first else { return false }
+            guard let first = recipients.first else { return (nil, false) }
             let message = outgoing(first.name, stamper.next(), .live)
-            sendLive(message, from: session, to: recipients, echo: echoCopy, then: then)
-            return true
+            return (sendLive(message, from: session, to: recipients, echo: echoCopy, then: then), true)
         }
-        if sent {
+        if sent.found {
+            sent.publishNow?()
             counters.messagesRelayed.add(1, ordering: .relaxed)
             return
         }
@@ -630,7 +628,8 @@ public final class Hub: Sendable {
             registry.withLock { registry in
                 let recipients = (registry.byName[NameRules.key(name)] ?? []).compactMap { registry.sessions[$0] }
                 if let first = recipients.first {
-                    sendLive(outgoing(first.name, stamper.next(), .live), from: session, to: recipients, echo: echoCopy, then: then)
+                    // With a log (the only way here), sending is queuing: nothing to run after the lock.
+                    _ = sendLive(outgoing(first.name, stamper.next(), .live), from: session, to: recipients, echo: echoCopy, then: then)
                 } else {
                     keepForLater(outgoing(name, stamper.next(), .queued), from: session, account: NameRules.key(name), echo: echoCopy, then: then)
                 }
@@ -650,8 +649,10 @@ public final class Hub: Sendable {
         a < b ? "@\(a) \(b)" : "@\(b) \(a)"
     }
 
+    /// Queues a direct message on the log, to be published once stored; without a log (or for a
+    /// tag-only message) returns the publishing for the caller to run once it has let go of its lock.
     private func sendLive(_ message: DirectMessage, from session: Session, to recipients: [Session], echo: Bool,
-                          then: PublishedHandler<DirectMessage>?) {
+                          then: PublishedHandler<DirectMessage>?) -> (@Sendable () -> Void)? {
         let echoed = message.with(echo: true, delivery: .live)
         let publish: @Sendable () -> Void = { [self] in
             let present = recipients.filter { $0.state.withLock { $0.connected } }
@@ -665,7 +666,7 @@ public final class Hub: Sendable {
             // Everyone it was for left before it could be handed over: keep it for the account.
             if present.isEmpty, let account = recipients.first?.account { log?.markPending(serial: message.serial, account: NameRules.key(account)) }
         }
-        guard let log, message.kind != .tagOnly else { return publish() }
+        guard let log, message.kind != .tagOnly else { return publish }
         let recipient = recipients[0]
         let conversation = Self.conversation(Self.participant(account: session.account, name: session.name),
                                              Self.participant(account: recipient.account, name: recipient.name))
@@ -673,6 +674,7 @@ public final class Hub: Sendable {
             guard committed else { return report(.failure(.storeFailed("store your message")), to: session, then) }
             publish()
         }
+        return nil
     }
 
     private func keepForLater(_ message: DirectMessage, from session: Session, account: String, echo: Bool,
