@@ -100,8 +100,8 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         while true {
             _ = wake.wait(timeout: .now() + .seconds(1))
             // Commit delay: a transaction costs a few hundred microseconds whatever it holds. Under load
-            // (the last batch was not a lone message), let a small batch grow for a moment; at rest a
-            // message is written at once.
+            // (the last batch held `busyBatch` messages or more), let a small batch grow for up to 2 ms;
+            // at rest a message is written at once.
             if lastBatch >= Self.busyBatch {
                 var waited: UInt32 = 0
                 while waited < Self.commitDelayMicroseconds && queue.withLock({ $0.count }) < Self.fullBatch {
@@ -178,8 +178,8 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         }
     }
 
-    /// One transaction for a batch of jobs; returns what each claim took, in order. Notes the rooms
-    /// written to in `touchedRooms`, when given (for pruning by count).
+    /// One transaction for a batch of jobs; returns what each claim took, in order, and, when
+    /// `trackRooms`, the rooms written to (for pruning by count).
     private static func perform(_ jobs: [Job], _ db: Database, trackRooms: Bool) throws -> (claims: [[LoggedMessage]], rooms: Set<String>) {
         var claims: [[LoggedMessage]] = []
         var rooms: Set<String> = []
