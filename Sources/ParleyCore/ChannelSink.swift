@@ -76,6 +76,12 @@ public final class ChannelSink: SessionSink {
         }
     }
 
+    /// Flushes now (a door's replies to the lines of one read).
+    public func flushNow() {
+        guard !isClosing else { return }
+        channel.flush()
+    }
+
     public func disconnect(finalBytes: ByteBuffer?) {
         guard !closing.exchange(true, ordering: .relaxed) else { return }
         let channel = self.channel
