@@ -41,9 +41,14 @@ let package = Package(
             swiftSettings: strict
         ),
         .target(
+            name: "ParleyUDP",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strict
+        ),
+        .target(
             name: "ParleyServer",
             dependencies: [
-                "ParleyCore", "ParleyStore", "ParleyLine", "ParleyIRC",
+                "ParleyCore", "ParleyStore", "ParleyLine", "ParleyIRC", "ParleyUDP",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
@@ -53,6 +58,7 @@ let package = Package(
         .target(
             name: "ParleyClient",
             dependencies: [
+                "ParleyUDP",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -66,6 +72,7 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .testTarget(name: "ParleyUDPTests", dependencies: ["ParleyUDP"], swiftSettings: strict),
         .testTarget(name: "ParleyLineTests", dependencies: ["ParleyLine", "ParleyCore"], swiftSettings: strict),
         .testTarget(
             name: "ParleyIRCTests",

@@ -369,7 +369,7 @@ public final class LineClient: Sendable {
     /// The local TCP port of the connection (0 if unknown).
     public let localPort: Int
 
-    private init(channel: any Channel, inbox: LineInbox) {
+    init(channel: any Channel, inbox: LineInbox) {
         self.channel = channel
         self.inbox = inbox
         self.localPort = channel.localAddress?.port ?? 0

@@ -1,16 +1,19 @@
 import Foundation
 import ParleyCore
 import ParleyStore
+import ParleyUDP
 
 /// The operator console: one command line in, lines of answer out. Reading stdin is the caller's job,
 /// so the same console can be driven by a test.
 public struct Console: Sendable {
     public let hub: Hub
     public let log: SQLiteMessageLog?
+    public let udp: UDPCounters?
 
-    public init(hub: Hub, log: SQLiteMessageLog? = nil) {
+    public init(hub: Hub, log: SQLiteMessageLog? = nil, udp: UDPCounters? = nil) {
         self.hub = hub
         self.log = log
+        self.udp = udp
     }
 
     public enum Outcome: Equatable, Sendable {
@@ -20,7 +23,8 @@ public struct Console: Sendable {
 
     public static let help = [
         "list              every connected client: id, name, door, address, rooms, connected since",
-        "count             active clients, rooms, messages relayed, connections since start, history writes",
+        "count             active clients, rooms, messages relayed, connections since start, history writes;",
+        "                  then the UDP doors: sessions, datagrams, retransmissions, drops by reason",
         "kick NAME [why]   disconnect every connection of NAME",
         "say TEXT          send a notice to everyone",
         "help              this list",
@@ -57,7 +61,9 @@ public struct Console: Sendable {
             } else {
                 line += " history off"
             }
-            return .output([line])
+            var lines = [line]
+            if let udp { lines.append(udp.summary) }
+            return .output(lines)
         case "kick":
             guard !rest.isEmpty else { return .output(["usage: kick NAME [reason]"]) }
             let name = String(rest.prefix { $0 != " " })

@@ -1,8 +1,11 @@
-/// A listener given as a URI, `SCHEME://HOST:PORT`, for example `line://127.0.0.1:5555` or `line://[::1]:0`.
+/// A listener given as a URI, `SCHEME://HOST:PORT`, for example `line://127.0.0.1:5555`, `udp://127.0.0.1:5555`
+/// or `line://[::1]:0`.
 public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
     public enum Scheme: String, Sendable, CaseIterable {
         case line
         case irc
+        /// The line protocol over reliable datagrams (docs/udp.md).
+        case udp
     }
 
     public let scheme: Scheme
@@ -12,7 +15,8 @@ public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
 
     public static let defaultLine = ListenAddress(scheme: .line, host: "127.0.0.1", port: 5555)
     public static let defaultIRC = ListenAddress(scheme: .irc, host: "127.0.0.1", port: 6667)
-    public static let defaults = [defaultLine, defaultIRC]
+    public static let defaultUDP = ListenAddress(scheme: .udp, host: "127.0.0.1", port: 5555)
+    public static let defaults = [defaultLine, defaultIRC, defaultUDP]
 
     public init(scheme: Scheme, host: String, port: Int) {
         self.scheme = scheme

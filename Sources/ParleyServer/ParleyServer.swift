@@ -5,6 +5,7 @@ import ParleyCore
 import ParleyIRC
 import ParleyLine
 import ParleyStore
+import ParleyUDP
 import Synchronization
 
 public struct ServerConfig: Sendable {
@@ -20,6 +21,7 @@ public struct ServerConfig: Sendable {
     /// Bytes queued for one client before it is disconnected as a slow reader.
     public var outboundLimit = 1 << 20
     public var line = LineDoorConfig()
+    public var udp = UDPDoorConfig()
     public var irc: IRCDoorConfig = {
         var irc = IRCDoorConfig()
         irc.serverName = ProcessInfo.processInfo.hostName
@@ -50,11 +52,15 @@ public final class ParleyServer: Sendable {
     public let store: SQLiteStore
     /// The history writer; nil with `keepHistory` off.
     public let log: SQLiteMessageLog?
+    /// The UDP doors' counters (all UDP listeners together).
+    public let udpCounters = UDPCounters()
     private let group: MultiThreadedEventLoopGroup
     private let hashPool: NIOThreadPool
 
     private struct State {
         var serverChannels: [any Channel] = []
+        /// UDP listeners: each is its sessions' connection too, so it closes after they have ended.
+        var datagramChannels: [(channel: any Channel, drained: EventLoopFuture<Void>)] = []
         var connections: [ObjectIdentifier: any Channel] = [:]
         var stopped = false
     }
@@ -96,8 +102,15 @@ public final class ParleyServer: Sendable {
         var bound: [BoundListener] = []
         do {
             for address in config.listeners {
-                let channel = try await bind(address)
-                state.withLock { $0.serverChannels.append(channel) }
+                let channel: any Channel
+                if address.scheme == .udp {
+                    let (bound, drained) = try await bindDatagram(address)
+                    channel = bound
+                    state.withLock { $0.datagramChannels.append((bound, drained)) }
+                } else {
+                    channel = try await bind(address)
+                    state.withLock { $0.serverChannels.append(channel) }
+                }
                 bound.append(BoundListener(address: ListenAddress(
                     scheme: address.scheme, host: address.host, port: channel.localAddress?.port ?? address.port)))
             }
@@ -133,12 +146,44 @@ public final class ParleyServer: Sendable {
                         try channel.pipeline.syncOperations.addHandler(LineConnectionHandler(hub: hub, config: lineConfig))
                     case .irc:
                         try channel.pipeline.syncOperations.addHandler(IRCConnectionHandler(hub: hub, config: ircConfig, formats: formats))
+                    case .udp:
+                        throw ServerError.cannotListen(address, reason: "a UDP door has no TCP connections")
                     }
                 }
             }
         do {
             return try await bootstrap.bind(host: address.host, port: address.port).get()
         } catch {
+            throw ServerError.cannotListen(address, reason: "\(error)")
+        }
+    }
+
+    private func bindDatagram(_ address: ListenAddress) async throws -> (any Channel, EventLoopFuture<Void>) {
+        let hub = self.hub
+        let lineConfig = config.line
+        let udpConfig = config.udp
+        let counters = udpCounters
+        let limit = config.outboundLimit
+        let drained = group.next().makePromise(of: Void.self)
+        let bootstrap = DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            // Many datagrams per system call (recvmmsg). NIO splits one receive buffer evenly among them, so
+            // each gets 2 KiB: a longer datagram is cut, and then refused as oversize anyway.
+            .channelOption(.datagramVectorReadMessageCount, value: 64)
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 64 * 2048))
+            .channelOption(.socketOption(.so_rcvbuf), value: 4 << 20)
+            .channelOption(.socketOption(.so_sndbuf), value: 4 << 20)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(UDPDoorHandler(
+                        hub: hub, lineConfig: lineConfig, config: udpConfig, counters: counters, outboundLimit: limit, drained: drained))
+                }
+            }
+        do {
+            let channel = try await bootstrap.bind(host: address.host, port: address.port).get()
+            return (channel, drained.futureResult)
+        } catch {
+            drained.succeed()
             throw ServerError.cannotListen(address, reason: "\(error)")
         }
     }
@@ -164,20 +209,22 @@ public final class ParleyServer: Sendable {
     /// Stops accepting, says goodbye to every client, waits (bounded) for every connection to close,
     /// then closes the store and the thread pools. Safe to call more than once.
     public func shutdown() async {
-        let listeners = state.withLock { state -> [any Channel]? in
+        let channels = state.withLock { state -> ([any Channel], [(channel: any Channel, drained: EventLoopFuture<Void>)])? in
             guard !state.stopped else { return nil }
             state.stopped = true
-            return state.serverChannels
+            return (state.serverChannels, state.datagramChannels)
         }
-        guard let listeners else { return }
+        guard let (listeners, datagramChannels) = channels else { return }
         for channel in listeners { try? await channel.close() }
         _ = hub.shutdown()
         let open = state.withLock { Array($0.connections.values) }
         // Connections that are not hub sessions yet (an IRC client still registering) say goodbye too.
-        for channel in open { channel.pipeline.fireUserInboundEventTriggered(ServerShuttingDown()) }
+        for channel in open + datagramChannels.map(\.channel) { channel.pipeline.fireUserInboundEventTriggered(ServerShuttingDown()) }
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 for channel in open { try? await channel.closeFuture.get() }
+                // UDP sessions end when their goodbye is acknowledged (or their grace period is over).
+                for (_, drained) in datagramChannels { try? await drained.get() }
             }
             group.addTask { [timeout = config.shutdownTimeout] in
                 // The bound: clients that do not take their goodbye are closed anyway.
@@ -187,6 +234,7 @@ public final class ParleyServer: Sendable {
             await group.next()
             group.cancelAll()
         }
+        for (channel, _) in datagramChannels { try? await channel.close() }
         // Everything accepted is stored before the database closes.
         await log?.close()
         try? store.close()

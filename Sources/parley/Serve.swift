@@ -14,7 +14,7 @@ struct Serve: AsyncParsableCommand {
             `exit`, SIGINT and SIGTERM shut it down cleanly.
             """)
 
-    @Option(name: .customLong("listen"), help: "A listener, SCHEME://HOST:PORT with SCHEME line or irc (repeatable; port 0 picks a free port). Default: line://127.0.0.1:5555 and irc://127.0.0.1:6667")
+    @Option(name: .customLong("listen"), help: "A listener, SCHEME://HOST:PORT with SCHEME line, irc or udp (repeatable; port 0 picks a free port). Default: line://127.0.0.1:5555, irc://127.0.0.1:6667 and udp://127.0.0.1:5555")
     var listeners: [String] = []
 
     @Option(help: "Directory of the SQLite database.")
@@ -71,6 +71,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Messages kept per room (0: no limit).")
     var historyMaxPerRoom = 100_000
 
+    @Option(help: "UDP door: the fraction of datagrams dropped on purpose in each direction, 0 to 1 (a loss test).")
+    var udpLoss = 0.0
+
+    @Option(help: "UDP door: a seed that makes --udp-loss drop the same datagrams each run.")
+    var udpSeed: UInt64?
+
+    @Option(help: "UDP door: seconds without a datagram from a client before its session ends.")
+    var udpIdleTimeout = 30.0
+
     func validate() throws {
         guard (10...16).contains(bcryptCost) else { throw ValidationError("--bcrypt-cost must be from 10 to 16.") }
         guard (1...72).contains(minPasswordLength) else { throw ValidationError("--min-password-length must be from 1 to 72.") }
@@ -83,6 +92,8 @@ struct Serve: AsyncParsableCommand {
         guard ["on", "off"].contains(history) else { throw ValidationError("--history takes on or off; got \"\(history)\".") }
         guard (0...200).contains(historyReplay) else { throw ValidationError("--history-replay must be from 0 to 200.") }
         guard historyDays >= 0, historyDays.isFinite else { throw ValidationError("--history-days must be 0 (no limit) or more.") }
+        guard (0...1).contains(udpLoss) else { throw ValidationError("--udp-loss must be from 0 to 1, for example 0.3; got \(udpLoss).") }
+        guard udpIdleTimeout >= 1, udpIdleTimeout <= 86_400 else { throw ValidationError("--udp-idle-timeout must be from 1 to 86400 seconds.") }
         guard historyMaxPerRoom >= 0 else { throw ValidationError("--history-max-per-room must be 0 (no limit) or more.") }
     }
 
@@ -110,6 +121,9 @@ struct Serve: AsyncParsableCommand {
         config.irc.floodRate = floodRate
         config.irc.floodBurst = floodBurst
         if let serverName { config.irc.serverName = serverName }
+        config.udp.loss = udpLoss
+        config.udp.seed = udpSeed
+        config.udp.link.idleTimeout = .nanoseconds(Int64(udpIdleTimeout * 1e9))
         config.keepHistory = history == "on"
         config.history = HistoryConfig(replayOnJoin: history == "on" ? historyReplay : 0,
                                        maxPerRoom: historyMaxPerRoom == 0 ? nil : historyMaxPerRoom,
@@ -137,7 +151,7 @@ struct Serve: AsyncParsableCommand {
         }
         for listener in bound { emit("listening \(listener)") }
 
-        if !noConsole { startConsole(Console(hub: server.hub, log: server.log)) { stop.yield("console exit") } }
+        if !noConsole { startConsole(Console(hub: server.hub, log: server.log, udp: server.udpCounters)) { stop.yield("console exit") } }
 
         for await reason in stops {
             emit("shutting down (\(reason))")

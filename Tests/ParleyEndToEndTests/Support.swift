@@ -10,6 +10,8 @@ struct RunningServer {
     let port: Int
     /// The IRC listener's port, when the configuration has one.
     let ircPort: Int?
+    /// The UDP listener's port, when the configuration has one.
+    let udpPort: Int?
     let directory: String
 
     static func start(_ configure: (inout ServerConfig) -> Void = { _ in }) async throws -> RunningServer {
@@ -25,7 +27,8 @@ struct RunningServer {
         let server = try ParleyServer(config: config)
         let bound = try await server.start()
         return RunningServer(server: server, port: bound[0].address.port,
-                             ircPort: bound.first { $0.address.scheme == .irc }?.address.port, directory: directory)
+                             ircPort: bound.first { $0.address.scheme == .irc }?.address.port,
+                             udpPort: bound.first { $0.address.scheme == .udp }?.address.port, directory: directory)
     }
 
     func client() async throws -> LineClient {
