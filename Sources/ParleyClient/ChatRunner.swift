@@ -136,6 +136,8 @@ public struct ChatOptions: Sendable {
     public var register: Bool
     /// Bound on waiting for the server's answers while connecting and logging in.
     public var timeout: Duration
+    /// TCP to the line door, or UDP to the UDP door.
+    public var transport: LineTransport = .tcp
 
     public init(
         host: String = "127.0.0.1",
@@ -274,7 +276,7 @@ public func runChat(_ options: ChatOptions) async -> Int32 {
 
     let client: LineClient
     do {
-        client = try await LineClient.connect(host: options.host, port: options.port, connectTimeout: .seconds(10))
+        client = try await LineClient.connect(host: options.host, port: options.port, transport: options.transport, connectTimeout: .seconds(10))
     } catch {
         Console.err("parley chat: \(error)")
         return 1

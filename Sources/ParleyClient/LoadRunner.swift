@@ -38,6 +38,8 @@ public struct LoadOptions: Sendable {
     public var setupConcurrency: Int
     /// The run id used in account and room names; `nil`: a random one.
     public var runID: String?
+    /// TCP to the line door, or UDP to the UDP door.
+    public var transport: LineTransport = .tcp
 
     public init(
         host: String = "127.0.0.1",
@@ -567,7 +569,8 @@ final class LoadRun: Sendable {
         var connection: LineClient? = nil
         do {
             let client = try await LineClient.connect(
-                host: options.host, port: options.port, group: group, connectTimeout: remaining(atMost: .seconds(30)))
+                host: options.host, port: options.port, transport: options.transport, group: group,
+                connectTimeout: remaining(atMost: .seconds(30)))
             connection = client
             step = "welcome"
             _ = try await client.expect(prefix: "WELCOME ", timeout: remaining(atMost: .seconds(30)))
@@ -620,7 +623,8 @@ final class LoadRun: Sendable {
             }
             let start = ContinuousClock.now
             let client = try await LineClient.connect(
-                host: options.host, port: options.port, group: group, connectTimeout: remaining(atMost: .seconds(30)))
+                host: options.host, port: options.port, transport: options.transport, group: group,
+                connectTimeout: remaining(atMost: .seconds(30)))
             connection = client
             step = "welcome"
             let welcome = try await client.expectIncoming(timeout: remaining(), "WELCOME") { $0.hasPrefix("WELCOME ") }

@@ -21,6 +21,7 @@ public struct ThroughputOptions: Sendable {
     /// The most time allowed for the deliveries still in flight when sending stops.
     public var drainSeconds = 15.0
     public var runID: String?
+    public var transport: LineTransport = .tcp
 
     public init() {}
 }
@@ -97,7 +98,7 @@ public func runThroughput(_ options: ThroughputOptions) async -> ThroughputRepor
         for index in 0..<options.clients {
             group.addTask {
                 do {
-                    let client = try await LineClient.connect(host: options.host, port: options.port)
+                    let client = try await LineClient.connect(host: options.host, port: options.port, transport: options.transport)
                     _ = try await client.expect(timeout: .seconds(30), "WELCOME") { $0.hasPrefix("WELCOME ") }
                     try await client.send("/join #r\(runID)-\(index % rooms)")
                     let joined = try await client.expect(timeout: .seconds(30), "OK join") { $0.hasPrefix("OK join") || $0.hasPrefix("ERR ") }

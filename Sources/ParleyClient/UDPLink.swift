@@ -49,6 +49,8 @@ final class UDPLinkHandler: ChannelDuplexHandler {
     private var lossIn: LossSimulator
     private var lossOut: LossSimulator
     private var helloInterval = TimeAmount.milliseconds(200)
+    /// The server has answered since the welcome, so it knows our address is ours.
+    private var confirmed = false
     private var timerArmedAt: NIODeadline?
     /// A close asked for while lines were unacknowledged: it waits (bounded) for them.
     private var pendingClose: (promise: EventLoopPromise<Void>?, deadline: NIODeadline)?
@@ -89,7 +91,20 @@ final class UDPLinkHandler: ChannelDuplexHandler {
             let (handler, context) = bound.value
             handler.sendHello(context)
         }
-        helloInterval = min(helloInterval * 2, options.link.maximumTimeout)
+        helloInterval = min(helloInterval * 2, .seconds(1))
+    }
+
+    /// After the welcome: pings until the server answers. The server sends nothing but welcomes to an
+    /// address that has not shown it received one.
+    private func confirm(_ context: ChannelHandlerContext, interval: TimeAmount) {
+        guard let link, !confirmed, !ended else { return }
+        send(link.control(.ping), context)
+        context.flush()
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: interval) {
+            let (handler, context) = bound.value
+            handler.confirm(context, interval: min(interval * 2, .seconds(1)))
+        }
     }
 
     // MARK: Input
@@ -97,6 +112,7 @@ final class UDPLinkHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
         guard envelope.remoteAddress == server, !ended else { return }
+        options.counters?.datagramsReceived.add(1, ordering: .relaxed)
         if lossIn.drops() {
             options.counters?.simulatedLossIn.add(1, ordering: .relaxed)
             return
@@ -113,7 +129,7 @@ final class UDPLinkHandler: ChannelDuplexHandler {
             early = ByteBuffer()
             self.link = link
             handshake.succeed()
-            flushLink(context)
+            confirm(context, interval: .milliseconds(200))
         case .error:
             let text = String(buffer: packet.payload)
             if link == nil {
@@ -130,6 +146,7 @@ final class UDPLinkHandler: ChannelDuplexHandler {
             context.close(promise: nil)
         case .data, .ack, .ping:
             guard var link, packet.token == link.token else { return }
+            confirmed = true
             switch link.receive(packet, now: .now()) {
             case .duplicate: options.counters?.droppedDuplicate.add(1, ordering: .relaxed)
             case .outOfWindow: options.counters?.droppedOutOfWindow.add(1, ordering: .relaxed)

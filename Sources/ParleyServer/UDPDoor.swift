@@ -206,6 +206,8 @@ final class UDPDoorHandler: ChannelInboundHandler {
         case .data, .ack, .ping:
             break
         }
+        // The client has the token at the address it said hello from: the address is its own.
+        peer.confirmed = true
         switch peer.link.receive(packet, now: .now()) {
         case .duplicate: counters.droppedDuplicate.add(1, ordering: .relaxed)
         case .outOfWindow: counters.droppedOutOfWindow.add(1, ordering: .relaxed)
@@ -236,8 +238,14 @@ final class UDPDoorHandler: ChannelInboundHandler {
     /// Sends what the session's link has due: retransmissions, new data, acks; then re-arms its timer.
     func flush(_ peer: UDPPeer) {
         guard sessions[peer.token] === peer else { return }
-        var packets: [Packet] = []
         let now = NIODeadline.now()
+        // Nothing goes to an address that has not answered the welcome: a forged hello gets one
+        // welcome back, not a stream of lines and retransmissions.
+        guard peer.confirmed else {
+            armTimer(peer, now: now)
+            return
+        }
+        var packets: [Packet] = []
         let retransmitted = peer.link.collect(now: now, into: &packets)
         if retransmitted > 0 { counters.retransmissions.add(retransmitted, ordering: .relaxed) }
         for packet in packets { send(packet, to: peer.address) }
@@ -344,6 +352,8 @@ final class UDPPeer {
     var closeDeadline: NIODeadline?
     var timerArmedAt: NIODeadline?
     var flushPending = false
+    /// A datagram other than hello came with the token from this address.
+    var confirmed = false
 
     init(token: UInt64, address: SocketAddress, handshake: UDPDoorHandler.Handshake, link: ReliableLink) {
         self.token = token

@@ -31,10 +31,13 @@ public final class UDPCounters: Sendable {
             + droppedOutOfWindow.load(ordering: .relaxed)
     }
 
-    /// One line for the console: `udp-sessions N udp-in N ... `.
-    public var summary: String {
+    /// One line for the console: `udp-sessions N udp-datagrams-in N ... `.
+    public var summary: String { "udp-sessions \(activeSessions.load(ordering: .relaxed)) " + traffic }
+
+    /// The datagram counters alone (a client has no sessions to count).
+    public var traffic: String {
         func value(_ counter: borrowing Atomic<Int>) -> Int { counter.load(ordering: .relaxed) }
-        return "udp-sessions \(value(activeSessions)) udp-datagrams-in \(value(datagramsReceived)) udp-datagrams-out \(value(datagramsSent))"
+        return "udp-datagrams-in \(value(datagramsReceived)) udp-datagrams-out \(value(datagramsSent))"
             + " udp-retransmits \(value(retransmissions)) udp-dropped \(dropped)"
             + " (malformed \(value(droppedMalformed)), oversize \(value(droppedOversize)), unknown-session \(value(droppedUnknownSession)),"
             + " duplicate \(value(droppedDuplicate)), out-of-window \(value(droppedOutOfWindow)))"

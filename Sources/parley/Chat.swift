@@ -1,11 +1,12 @@
 import ArgumentParser
 import ParleyClient
+import ParleyUDP
 
 /// `parley chat`: the interactive terminal client (the logic lives in `ParleyClient.runChat`).
 struct Chat: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chat",
-        abstract: "Chat with a Parley server from the terminal (through its line door).",
+        abstract: "Chat with a Parley server from the terminal (through its line door, or its UDP door with --udp).",
         discussion: """
             Lines you type are sent as they are (messages, or /commands such as /join #room, /msg NAME \
             TEXT, /help). /quit or the end of input (Ctrl-D) leaves.
@@ -15,8 +16,17 @@ struct Chat: AsyncParsableCommand {
     @Option(help: "The server's host.")
     var host = "127.0.0.1"
 
-    @Option(help: "The port of the server's line door.")
+    @Option(help: "The port of the server's line door (or UDP door with --udp).")
     var port = 5555
+
+    @Flag(help: "Talk to the server's UDP door: the same chat over datagrams with acknowledgements.")
+    var udp = false
+
+    @Option(help: "With --udp: the fraction of datagrams to drop on purpose in each direction, 0 to 1.")
+    var loss = 0.0
+
+    @Option(help: "With --udp: a seed that makes --loss repeatable.")
+    var seed: UInt64?
 
     @Option(help: "Log in as NAME (the password is asked for, or read from --password-file).")
     var user: String?
@@ -37,14 +47,25 @@ struct Chat: AsyncParsableCommand {
         guard (1...65535).contains(port) else {
             throw ValidationError("--port must be between 1 and 65535.")
         }
+        try validateUDPOptions(udp: udp, loss: loss, seed: seed)
     }
 
     func run() async throws {
-        let status = await runChat(
-            ChatOptions(host: host, port: port, user: user, passwordFile: passwordFile, register: register)
-        )
+        var options = ChatOptions(host: host, port: port, user: user, passwordFile: passwordFile, register: register)
+        options.transport = transport(udp: udp, loss: loss, seed: seed)
+        let status = await runChat(options)
         if status != 0 {
             throw ExitCode(status)
         }
     }
+}
+
+/// `--loss` and `--seed` belong to `--udp`.
+func validateUDPOptions(udp: Bool, loss: Double, seed: UInt64?) throws {
+    guard (0...1).contains(loss) else { throw ValidationError("--loss must be from 0 to 1, for example 0.3; got \(loss).") }
+    if !udp && (loss > 0 || seed != nil) { throw ValidationError("--loss and --seed go with --udp.") }
+}
+
+func transport(udp: Bool, loss: Double, seed: UInt64?, counters: UDPCounters? = nil) -> LineTransport {
+    udp ? .udp(UDPClientOptions(loss: loss, seed: seed, counters: counters)) : .tcp
 }

@@ -141,8 +141,10 @@ private func eventually(_ what: String, timeout: Duration = .seconds(10), _ cond
             try await raw.send(ByteBuffer(bytes: [1, 2, 3, 4, 5]))
             try await eventually("the malformed datagram counted") { counters.droppedMalformed.load(ordering: .relaxed) == 1 }
 
-            // A session of our own, by hand.
+            // A session of our own, by hand. The server sends its first lines once we show we got the
+            // welcome (any datagram with the token).
             let token = try await raw.handshake()
+            try await raw.send(Packet(.ping, token: token).encoded())
             let welcome = try await raw.expect(.data)
             #expect(String(buffer: welcome.payload).hasPrefix("WELCOME "))
 
