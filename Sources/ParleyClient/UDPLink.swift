@@ -48,12 +48,14 @@ final class UDPLinkHandler: ChannelDuplexHandler {
     private var early = ByteBuffer()
     private var lossIn: LossSimulator
     private var lossOut: LossSimulator
-    private var helloInterval = TimeAmount.milliseconds(200)
+    private var helloInterval: TimeAmount
     /// The server has answered since the welcome, so it knows our address is ours.
     private var confirmed = false
     private var timerArmedAt: NIODeadline?
     /// A close asked for while lines were unacknowledged: it waits (bounded) for them.
     private var pendingClose: (promise: EventLoopPromise<Void>?, deadline: NIODeadline)?
+    /// Our `bye` is out; the close completes when the server answers it (or after a few tries).
+    private var farewell: (promise: EventLoopPromise<Void>?, tries: Int)?
     private var ended = false
 
     init(server: SocketAddress, options: UDPClientOptions, handshake: EventLoopPromise<Void>) {
@@ -62,6 +64,7 @@ final class UDPLinkHandler: ChannelDuplexHandler {
         self.handshake = handshake
         var generator = SystemRandomNumberGenerator()
         nonce = generator.next()
+        helloInterval = options.link.initialTimeout
         lossIn = LossSimulator(rate: options.loss, seed: options.seed)
         lossOut = LossSimulator(rate: options.loss, seed: options.seed.map { $0 &+ 1 })
     }
@@ -76,6 +79,8 @@ final class UDPLinkHandler: ChannelDuplexHandler {
         handshake.fail(LineClientError.closed)
         pendingClose?.promise?.succeed()
         pendingClose = nil
+        farewell?.promise?.succeed()
+        farewell = nil
         context.fireChannelInactive()
     }
 
@@ -91,7 +96,7 @@ final class UDPLinkHandler: ChannelDuplexHandler {
             let (handler, context) = bound.value
             handler.sendHello(context)
         }
-        helloInterval = min(helloInterval * 2, .seconds(1))
+        helloInterval = min(helloInterval * 2, options.link.maximumTimeout)
     }
 
     /// After the welcome: pings until the server answers. The server sends nothing but welcomes to an
@@ -103,7 +108,7 @@ final class UDPLinkHandler: ChannelDuplexHandler {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         context.eventLoop.scheduleTask(in: interval) {
             let (handler, context) = bound.value
-            handler.confirm(context, interval: min(interval * 2, .seconds(1)))
+            handler.confirm(context, interval: min(interval * 2, handler.options.link.maximumTimeout))
         }
     }
 
@@ -129,7 +134,7 @@ final class UDPLinkHandler: ChannelDuplexHandler {
             early = ByteBuffer()
             self.link = link
             handshake.succeed()
-            confirm(context, interval: .milliseconds(200))
+            confirm(context, interval: options.link.initialTimeout)
         case .error:
             let text = String(buffer: packet.payload)
             if link == nil {
@@ -140,22 +145,32 @@ final class UDPLinkHandler: ChannelDuplexHandler {
                 context.fireChannelRead(wrapInboundOut(ByteBuffer(string: "ERR udp \(text)\n")))
             }
         case .bye, .reset:
-            guard packet.token == link?.token else { return }
-            // The server ended the session (a goodbye, or it no longer knows it).
+            guard let link, packet.token == link.token else { return }
+            if let farewell {
+                // The answer to our goodbye.
+                self.farewell = nil
+                ended = true
+                context.close(promise: farewell.promise)
+                return
+            }
+            // The server ended the session (a goodbye, or it no longer knows it); a goodbye is answered.
+            if packet.kind == .bye { send(link.control(.bye), context) }
+            context.flush()
             ended = true
             context.close(promise: nil)
         case .data, .ack, .ping:
-            guard var link, packet.token == link.token else { return }
+            guard packet.token == link?.token, farewell == nil else { return }
             confirmed = true
-            switch link.receive(packet, now: .now()) {
+            // `link` is changed in place, never through a copy: a handler above may write (and so
+            // change the link) from inside `fireChannelRead`.
+            switch link?.receive(packet, now: .now()) {
             case .duplicate: options.counters?.droppedDuplicate.add(1, ordering: .relaxed)
             case .outOfWindow: options.counters?.droppedOutOfWindow.add(1, ordering: .relaxed)
-            case .new, .control: break
+            case .new, .control, nil: break
             }
-            while let payload = link.nextDelivery() {
+            while let payload = link?.nextDelivery() {
                 context.fireChannelRead(wrapInboundOut(payload))
             }
-            self.link = link
             finishCloseIfDrained(context)
         case .hello:
             return
@@ -179,7 +194,7 @@ final class UDPLinkHandler: ChannelDuplexHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let bytes = unwrapOutboundIn(data)
-        guard !ended, pendingClose == nil else {
+        guard !ended, pendingClose == nil, farewell == nil else {
             promise?.fail(LineClientError.closed)
             return
         }
@@ -196,52 +211,70 @@ final class UDPLinkHandler: ChannelDuplexHandler {
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
-        guard mode == .all, let link, !ended, !link.isDrained else {
-            sayGoodbye(context)
+        if let pending = pendingClose?.promise ?? farewell?.promise {
+            pending.futureResult.cascade(to: promise)
+            return
+        }
+        guard mode == .all, let link, !ended else {
+            ended = true
             context.close(mode: mode, promise: promise)
             return
         }
-        // Lines still on their way: let them be acknowledged first, for a bounded time.
-        if let pendingClose {
-            pendingClose.promise?.futureResult.cascade(to: promise)
+        guard !link.isDrained else {
+            sayGoodbye(context, promise: promise)
             return
         }
+        // Lines still on their way: let them be acknowledged first, for a bounded time.
         pendingClose = (promise ?? context.eventLoop.makePromise(), .now() + .seconds(2))
         armTimer(context, at: pendingClose?.deadline ?? .now())
     }
 
-    private func sayGoodbye(_ context: ChannelHandlerContext) {
-        guard let link, !ended else { return }
-        ended = true
-        // Twice: a lost goodbye costs the server an idle timeout.
-        send(link.control(.bye), context)
+    /// Sends `bye` until the server answers (a few tries, backing off), then closes.
+    private func sayGoodbye(_ context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        guard let link, !ended else {
+            context.close(promise: promise)
+            return
+        }
+        let tries = (farewell?.tries ?? 0) + 1
+        farewell = (farewell?.promise ?? promise ?? context.eventLoop.makePromise(), tries)
         send(link.control(.bye), context)
         context.flush()
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: options.link.initialTimeout * Int64(1 << (tries - 1))) {
+            let (handler, context) = bound.value
+            guard let farewell = handler.farewell, !handler.ended else { return }
+            if farewell.tries >= 4 {
+                // No answer: the server will forget the session after its idle timeout anyway.
+                handler.farewell = nil
+                handler.ended = true
+                context.close(promise: farewell.promise)
+            } else {
+                handler.sayGoodbye(context, promise: nil)
+            }
+        }
     }
 
     private func finishCloseIfDrained(_ context: ChannelHandlerContext) {
         guard let pending = pendingClose, let link, link.isDrained || NIODeadline.now() >= pending.deadline else { return }
         pendingClose = nil
-        sayGoodbye(context)
-        context.close(promise: pending.promise)
+        sayGoodbye(context, promise: pending.promise)
     }
 
     private func flushLink(_ context: ChannelHandlerContext) {
-        guard var link, !ended else { return }
+        guard let current = link, !ended else { return }
         let now = NIODeadline.now()
-        if link.isIdle(now: now) {
+        if current.isIdle(now: now) {
             // Nothing heard for the idle timeout: the server is gone.
             ended = true
             context.close(promise: nil)
             return
         }
         var packets: [Packet] = []
-        let retransmitted = link.collect(now: now, into: &packets)
-        self.link = link
+        let retransmitted = link?.collect(now: now, into: &packets) ?? 0
         if retransmitted > 0 { options.counters?.retransmissions.add(retransmitted, ordering: .relaxed) }
         for packet in packets { send(packet, context) }
         if !packets.isEmpty { context.flush() }
-        armTimer(context, at: link.nextDeadline)
+        armTimer(context, at: link?.nextDeadline ?? now)
     }
 
     private func armTimer(_ context: ChannelHandlerContext, at deadline: NIODeadline) {

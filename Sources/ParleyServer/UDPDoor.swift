@@ -193,6 +193,16 @@ final class UDPDoorHandler: ChannelInboundHandler {
     }
 
     private func receive(_ packet: Packet, for peer: UDPPeer) {
+        if let farewell = peer.farewell {
+            // Our goodbye is out: the client's answers it; anything else means it was lost.
+            if packet.kind == .bye {
+                free(peer)
+            } else if farewell.tries < 4 {
+                send(peer.link.control(.bye), to: peer.address)
+                flushChannel()
+            }
+            return
+        }
         switch packet.kind {
         case .bye:
             _ = peer.link.receive(packet, now: .now())
@@ -255,6 +265,7 @@ final class UDPDoorHandler: ChannelInboundHandler {
     private func armTimer(_ peer: UDPPeer, now: NIODeadline) {
         var deadline = peer.link.nextDeadline
         if let closeDeadline = peer.closeDeadline { deadline = min(deadline, closeDeadline) }
+        if let farewell = peer.farewell { deadline = farewell.next }
         if let armed = peer.timerArmedAt, armed <= deadline, armed > now { return }
         peer.timerArmedAt = deadline
         let armedAt = deadline
@@ -269,6 +280,17 @@ final class UDPDoorHandler: ChannelInboundHandler {
     private func timerFired(_ peer: UDPPeer) {
         guard sessions[peer.token] === peer else { return }
         let now = NIODeadline.now()
+        if let farewell = peer.farewell {
+            guard now >= farewell.next else { return armTimer(peer, now: now) }
+            if farewell.tries >= 4 {
+                // No answer to four goodbyes: the client is gone.
+                free(peer)
+            } else {
+                sayGoodbye(peer, now: now)
+                flushChannel()
+            }
+            return
+        }
         if peer.link.isIdle(now: now) {
             counters.sessionsTimedOut.add(1, ordering: .relaxed)
             free(peer)
@@ -317,9 +339,28 @@ final class UDPDoorHandler: ChannelInboundHandler {
         flushChannel()
     }
 
+    /// The session's last lines are acknowledged (or the grace period is over): it leaves the hub
+    /// now, and the door keeps only enough of it to repeat its `bye` until the client answers.
     private func finishClosing(_ peer: UDPPeer) {
+        leaveHub(peer)
+        sayGoodbye(peer, now: .now())
+    }
+
+    private func sayGoodbye(_ peer: UDPPeer, now: NIODeadline) {
+        let tries = (peer.farewell?.tries ?? 0) + 1
+        peer.farewell = (tries, now + config.link.initialTimeout * Int64(1 << (tries - 1)))
         send(peer.link.control(.bye), to: peer.address)
-        free(peer)
+        armTimer(peer, now: now)
+    }
+
+    /// The hub forgets the session (the others see it quit); idempotent.
+    private func leaveHub(_ peer: UDPPeer) {
+        guard let line = peer.line else { return }
+        counters.activeSessions.add(-1, ordering: .relaxed)
+        peer.sink.markClosed()
+        line.stopped()
+        // Breaks the cycle peer -> line session -> sink -> peer.
+        peer.line = nil
     }
 
     /// Forgets the session: the hub drops it, and nothing of it is left in the door.
@@ -327,11 +368,7 @@ final class UDPDoorHandler: ChannelInboundHandler {
         guard sessions[peer.token] === peer else { return }
         sessions[peer.token] = nil
         if handshakes[peer.handshake] == peer.token { handshakes[peer.handshake] = nil }
-        counters.activeSessions.add(-1, ordering: .relaxed)
-        peer.sink.markClosed()
-        peer.line?.stopped()
-        // Breaks the cycle peer -> line session -> sink -> peer.
-        peer.line = nil
+        leaveHub(peer)
         if stopping && sessions.isEmpty { drained.succeed() }
     }
 
@@ -354,6 +391,8 @@ final class UDPPeer {
     var flushPending = false
     /// A datagram other than hello came with the token from this address.
     var confirmed = false
+    /// The session has left the hub and its `bye` is out: how many were sent, when to send the next.
+    var farewell: (tries: Int, next: NIODeadline)?
 
     init(token: UInt64, address: SocketAddress, handshake: UDPDoorHandler.Handshake, link: ReliableLink) {
         self.token = token

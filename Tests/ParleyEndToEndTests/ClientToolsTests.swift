@@ -1,6 +1,7 @@
 import Foundation
 import ParleyClient
 import ParleyServer
+import ParleyUDP
 import Testing
 
 @Suite struct ChatFormattingTests {
@@ -46,10 +47,16 @@ import Testing
 
     /// The throughput scenario, small and short: every message acknowledged and delivered to every
     /// member of its room, exactly as many as the room sizes call for.
-    @Test func roomsScenarioDeliversEverythingItSends() async throws {
-        try await withServer({ $0.line.floodRate = 0 }) { server in
+    @Test(arguments: [false, true])
+    func roomsScenarioDeliversEverythingItSends(overUDP: Bool) async throws {
+        try await withServer({ config in
+            config.line.floodRate = 0
+            if overUDP { config.listeners.append(ListenAddress(scheme: .udp, host: "127.0.0.1", port: 0)) }
+        }) { server in
             var options = ThroughputOptions()
-            options.port = server.port
+            options.port = overUDP ? server.udpPort ?? 0 : server.port
+            // The throughput clients write from inside their reads, which the UDP link must survive.
+            if overUDP { options.transport = .udp(UDPClientOptions(loss: 0.1, seed: 5)) }
             options.clients = 12
             options.rooms = 3
             options.seconds = 1
@@ -62,6 +69,25 @@ import Testing
             #expect(report.latencyMs.count == report.sent)
             #expect(report.succeeded)
             #expect(server.server.log?.messagesStored.load(ordering: .relaxed) == report.sent)
+        }
+    }
+
+    /// The course scenario over the UDP door, with a third of the datagrams lost on both sides.
+    @Test func courseScenarioOverUDPWithLoss() async throws {
+        try await withServer({ config in
+            config.listeners.append(ListenAddress(scheme: .udp, host: "127.0.0.1", port: 0))
+            config.udp.loss = 0.3
+            config.udp.seed = 3
+        }) { server in
+            let counters = UDPCounters()
+            var options = LoadOptions(port: server.udpPort ?? 0, clients: 10, messages: 3, timeout: .seconds(120))
+            options.transport = .udp(UDPClientOptions(loss: 0.3, seed: 4, counters: counters))
+            let report = await runLoad(options)
+            #expect(report.errors == [])
+            #expect(report.ok == 10 && report.lost == 0 && report.duplicates == 0)
+            #expect(report.succeeded)
+            #expect(counters.retransmissions.load(ordering: .relaxed) > 0)
+            #expect(server.server.udpCounters.retransmissions.load(ordering: .relaxed) > 0)
         }
     }
 

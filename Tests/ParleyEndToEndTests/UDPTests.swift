@@ -237,6 +237,12 @@ private func eventually(_ what: String, timeout: Duration = .seconds(10), _ cond
             #expect(said == ["kicked kicked (1 connection)"])
             try await kicked.waitForClose()
             try await eventually("no UDP session left") { server.server.udpCounters.activeSessions.load(ordering: .relaxed) == 0 }
+
+            // Shutdown tells UDP users goodbye as it tells everyone, and waits for them.
+            let last = try await udpClient(port)
+            await server.server.shutdown()
+            #expect(try await last.expect(prefix: "BYE") == "BYE The server is shutting down. Goodbye!")
+            try await last.waitForClose()
         }
     }
 
