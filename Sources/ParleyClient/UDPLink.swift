@@ -1,6 +1,7 @@
 import NIOCore
 import NIOPosix
 import ParleyUDP
+import Synchronization
 
 /// How a client reaches the server's line protocol.
 public enum LineTransport: Sendable {
@@ -58,6 +59,8 @@ final class UDPLinkHandler: ChannelDuplexHandler {
     private var farewell: (promise: EventLoopPromise<Void>?, tries: Int)?
     private var ended = false
 
+    private static let connections = Atomic<UInt64>(0)
+
     init(server: SocketAddress, options: UDPClientOptions, handshake: EventLoopPromise<Void>) {
         self.server = server
         self.options = options
@@ -65,8 +68,11 @@ final class UDPLinkHandler: ChannelDuplexHandler {
         var generator = SystemRandomNumberGenerator()
         nonce = generator.next()
         helloInterval = options.link.initialTimeout
-        lossIn = LossSimulator(rate: options.loss, seed: options.seed)
-        lossOut = LossSimulator(rate: options.loss, seed: options.seed.map { $0 &+ 1 })
+        // Each connection of a process draws its own sequence from the seed (the first one the seed's
+        // own), or all the clients of a load run would lose the same datagrams at the same moments.
+        let seed = options.seed.map { $0 &+ UDPLinkHandler.connections.add(1, ordering: .relaxed).oldValue &* 0x9E37_79B9_7F4A_7C15 }
+        lossIn = LossSimulator(rate: options.loss, seed: seed)
+        lossOut = LossSimulator(rate: options.loss, seed: seed.map { $0 &+ 1 })
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -240,10 +246,10 @@ final class UDPLinkHandler: ChannelDuplexHandler {
         send(link.control(.bye), context)
         context.flush()
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        context.eventLoop.scheduleTask(in: options.link.initialTimeout * Int64(1 << (tries - 1))) {
+        context.eventLoop.scheduleTask(in: min(options.link.initialTimeout * Int64(1 << min(tries - 1, 10)), .seconds(1))) {
             let (handler, context) = bound.value
             guard let farewell = handler.farewell, !handler.ended else { return }
-            if farewell.tries >= 4 {
+            if farewell.tries >= 6 {
                 // No answer: the server will forget the session after its idle timeout anyway.
                 handler.farewell = nil
                 handler.ended = true

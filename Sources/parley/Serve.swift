@@ -151,7 +151,8 @@ struct Serve: AsyncParsableCommand {
         }
         for listener in bound { emit("listening \(listener)") }
 
-        if !noConsole { startConsole(Console(hub: server.hub, log: server.log, udp: server.udpCounters)) { stop.yield("console exit") } }
+        if !noConsole { startConsole(Console(hub: server.hub, log: server.log,
+                                                  udp: config.listeners.contains { $0.scheme == .udp } ? server.udpCounters : nil)) { stop.yield("console exit") } }
 
         for await reason in stops {
             emit("shutting down (\(reason))")

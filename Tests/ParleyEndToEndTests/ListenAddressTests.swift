@@ -8,6 +8,8 @@ import Testing
         #expect(try ListenAddress(parsing: "LINE://[::1]:0") == ListenAddress(scheme: .line, host: "::1", port: 0))
         #expect(try ListenAddress(parsing: "line://0.0.0.0:7000").description == "line://0.0.0.0:7000")
         #expect(ListenAddress(scheme: .line, host: "::", port: 1).description == "line://[::]:1")
+        #expect(try ListenAddress(parsing: "udp://127.0.0.1:5555") == ListenAddress(scheme: .udp, host: "127.0.0.1", port: 5555))
+        #expect(ListenAddress.defaults.map(\.description) == ["line://127.0.0.1:5555", "irc://127.0.0.1:6667", "udp://127.0.0.1:5555"])
     }
 
     @Test(arguments: [
@@ -31,6 +33,15 @@ import Testing
         try await withServer({ $0.listeners = [ListenAddress(scheme: .line, host: "::1", port: 0)] }) { server in
             let client = try await LineClient.connect(host: "::1", port: server.port)
             #expect(try await client.nextLine().hasPrefix("WELCOME "))
+        }
+    }
+
+    @Test func servesUDPOnIPv6Loopback() async throws {
+        try await withServer({ $0.listeners = [ListenAddress(scheme: .udp, host: "::1", port: 0)] }) { server in
+            let client = try await LineClient.connect(host: "::1", port: server.port, transport: .udp(UDPClientOptions()))
+            #expect(try await client.nextLine().hasPrefix("WELCOME "))
+            #expect(server.server.hub.online().first?.address.hasPrefix("[::1]:") == true)
+            await client.close()
         }
     }
 }
