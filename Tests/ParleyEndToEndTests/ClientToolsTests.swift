@@ -128,6 +128,29 @@ import Testing
         }
     }
 
+    /// `parley chat --udp` with loss on its side and the server's: the same chat, nothing lost.
+    @Test func chatOverUDPWithLoss() async throws {
+        try await withServer({ config in
+            config.listeners.append(ListenAddress(scheme: .udp, host: "127.0.0.1", port: 0))
+            config.udp.loss = 0.3
+            config.udp.seed = 8
+        }) { server in
+            let bob = try await server.user("bob")
+            let chat = try chat(["--udp", "--loss", "0.3", "--seed", "9", "--port", "\(server.udpPort ?? 0)"])
+            _ = try await chat.line(containing: "Welcome to Parley")
+            chat.type("/nick carol")
+            _ = try await chat.line(containing: "You are now called carol")
+            for index in 1...20 { chat.type("datagram \(index)") }
+            for index in 1...20 {
+                #expect(try await bob.expect(prefix: "MSG #lobby carol:") == "MSG #lobby carol: datagram \(index)")
+            }
+            try await bob.send("got them")
+            #expect(try await chat.line(containing: "<bob>") == "[#lobby] <bob> got them")
+            chat.type("/quit")
+            #expect(try await chat.exitStatus() == 0)
+        }
+    }
+
     @Test func chatSaysSoWhenTheServerGoesAway() async throws {
         let running = try await RunningServer.start()
         let chat = try chat(["--port", "\(running.port)"])
