@@ -19,14 +19,7 @@ struct Chat: AsyncParsableCommand {
     @Option(help: "The port of the server's line door (or UDP door with --udp).")
     var port = 5555
 
-    @Flag(help: "Talk to the server's UDP door: the same chat over datagrams with acknowledgements.")
-    var udp = false
-
-    @Option(help: "With --udp: the fraction of datagrams to drop on purpose in each direction, 0 to 1.")
-    var loss = 0.0
-
-    @Option(help: "With --udp: a seed that makes --loss repeatable.")
-    var seed: UInt64?
+    @OptionGroup var datagrams: UDPFlags
 
     @Option(help: "Log in as NAME (the password is asked for, or read from --password-file).")
     var user: String?
@@ -47,12 +40,11 @@ struct Chat: AsyncParsableCommand {
         guard (1...65535).contains(port) else {
             throw ValidationError("--port must be between 1 and 65535.")
         }
-        try validateUDPOptions(udp: udp, loss: loss, seed: seed)
     }
 
     func run() async throws {
         var options = ChatOptions(host: host, port: port, user: user, passwordFile: passwordFile, register: register)
-        options.transport = transport(udp: udp, loss: loss, seed: seed)
+        options.transport = datagrams.transport()
         let status = await runChat(options)
         if status != 0 {
             throw ExitCode(status)
@@ -60,12 +52,23 @@ struct Chat: AsyncParsableCommand {
     }
 }
 
-/// `--loss` and `--seed` belong to `--udp`.
-func validateUDPOptions(udp: Bool, loss: Double, seed: UInt64?) throws {
-    guard (0...1).contains(loss) else { throw ValidationError("--loss must be from 0 to 1, for example 0.3; got \(loss).") }
-    if !udp && (loss > 0 || seed != nil) { throw ValidationError("--loss and --seed go with --udp.") }
-}
+/// The client commands' choice of door: `--udp`, with `--loss` and `--seed` for a loss test.
+struct UDPFlags: ParsableArguments {
+    @Flag(help: "Use the server's UDP door: the same chat over datagrams with acknowledgements.")
+    var udp = false
 
-func transport(udp: Bool, loss: Double, seed: UInt64?, counters: UDPCounters? = nil) -> LineTransport {
-    udp ? .udp(UDPClientOptions(loss: loss, seed: seed, counters: counters)) : .tcp
+    @Option(help: "With --udp: the fraction of datagrams to drop on purpose in each direction, 0 to 1.")
+    var loss = 0.0
+
+    @Option(help: "With --udp: a seed that makes --loss repeatable.")
+    var seed: UInt64?
+
+    func validate() throws {
+        guard (0...1).contains(loss) else { throw ValidationError("--loss must be from 0 to 1, for example 0.3; got \(loss).") }
+        if !udp && (loss > 0 || seed != nil) { throw ValidationError("--loss and --seed go with --udp.") }
+    }
+
+    func transport(counters: UDPCounters? = nil) -> LineTransport {
+        udp ? .udp(UDPClientOptions(loss: loss, seed: seed, counters: counters)) : .tcp
+    }
 }

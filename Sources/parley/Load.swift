@@ -21,14 +21,7 @@ struct Load: AsyncParsableCommand {
     @Option(help: "The port of the server's line door (or UDP door with --udp).")
     var port = 5555
 
-    @Flag(help: "Connect the clients to the server's UDP door instead of its line door.")
-    var udp = false
-
-    @Option(help: "With --udp: the fraction of datagrams each client drops on purpose in each direction, 0 to 1.")
-    var loss = 0.0
-
-    @Option(help: "With --udp: a seed that makes --loss repeatable.")
-    var seed: UInt64?
+    @OptionGroup var datagrams: UDPFlags
 
     @Option(help: "course: accounts, login, one room, every message checked; rooms: guests in many rooms sending for --seconds, measuring throughput.")
     var scenario = "course"
@@ -71,14 +64,13 @@ struct Load: AsyncParsableCommand {
         guard ["course", "rooms"].contains(scenario) else { throw ValidationError("--scenario takes course or rooms; got \"\(scenario)\".") }
         guard rooms >= 1, window >= 1 else { throw ValidationError("--rooms and --window must be at least 1.") }
         guard seconds > 0, seconds <= 3600 else { throw ValidationError("--seconds must be more than 0 and at most 3600.") }
-        try validateUDPOptions(udp: udp, loss: loss, seed: seed)
     }
 
     func run() async throws {
         let counters = UDPCounters()
-        let transport = transport(udp: udp, loss: loss, seed: seed, counters: counters)
+        let transport = datagrams.transport(counters: counters)
         // Before the JSON line, which stays last.
-        let udpSummary = { if udp { print("udp, client side: " + counters.traffic) } }
+        let udpSummary = { if datagrams.udp { print("udp, client side: " + counters.traffic) } }
         if scenario == "rooms" {
             var options = ThroughputOptions()
             options.host = host
