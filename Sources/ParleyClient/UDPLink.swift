@@ -40,6 +40,8 @@ final class UDPLinkHandler: ChannelDuplexHandler {
     typealias OutboundOut = AddressedEnvelope<ByteBuffer>
 
     private let server: SocketAddress
+    /// `HOST:PORT` as the user gave it, for error messages.
+    private let serverName: String
     private let options: UDPClientOptions
     private let nonce: UInt64
     /// Succeeded by the server's welcome; failed by an error answer, a refusal or the close.
@@ -61,8 +63,9 @@ final class UDPLinkHandler: ChannelDuplexHandler {
 
     private static let connections = Atomic<UInt64>(0)
 
-    init(server: SocketAddress, options: UDPClientOptions, handshake: EventLoopPromise<Void>) {
+    init(server: SocketAddress, serverName: String, options: UDPClientOptions, handshake: EventLoopPromise<Void>) {
         self.server = server
+        self.serverName = serverName
         self.options = options
         self.handshake = handshake
         var generator = SystemRandomNumberGenerator()
@@ -191,7 +194,7 @@ final class UDPLinkHandler: ChannelDuplexHandler {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         // A connected datagram socket reports ICMP "port unreachable" as a refused connection.
         if link == nil {
-            handshake.fail(LineClientError.connectFailed("\(server): \(describeConnectError(error))"))
+            handshake.fail(LineClientError.connectFailed("\(serverName) (UDP): \(describeConnectError(error))"))
         }
         context.close(promise: nil)
     }
@@ -329,7 +332,7 @@ extension LineClient {
             .channelOption(.socketOption(.so_rcvbuf), value: 1 << 20)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(UDPLinkHandler(server: server, options: options, handshake: handshake))
+                    try channel.pipeline.syncOperations.addHandler(UDPLinkHandler(server: server, serverName: "\(host):\(port)", options: options, handshake: handshake))
                     try channel.pipeline.syncOperations.addHandler(LineSplitter(inbox: inbox))
                 }
             }
