@@ -252,7 +252,7 @@ final class UDPLinkHandler: ChannelDuplexHandler {
         context.eventLoop.scheduleTask(in: min(options.link.initialTimeout * Int64(1 << min(tries - 1, 10)), .seconds(1))) {
             let (handler, context) = bound.value
             guard let farewell = handler.farewell, !handler.ended else { return }
-            if farewell.tries >= 6 {
+            if farewell.tries >= 8 {
                 // No answer: the server will forget the session after its idle timeout anyway.
                 handler.farewell = nil
                 handler.ended = true

@@ -3,8 +3,9 @@ import ParleyCore
 
 public struct LineDoorConfig: Sendable {
     public var maxLineLength = 8192
-    /// Pending bytes with no line ending for this long count as a line.
-    public var quietPeriod = TimeAmount.milliseconds(100)
+    /// Pending bytes with no line ending for this long count as a line; nil: a line needs its ending
+    /// (the UDP door, where the rest of a long line may be a retransmission away).
+    public var quietPeriod: TimeAmount? = .milliseconds(100)
     /// Flood control: a burst of this many lines, then `floodRate` lines a second; 0 turns it off.
     public var floodBurst = 200.0
     public var floodRate = 100.0

@@ -7,6 +7,8 @@ public protocol LineSessionSink: SessionSink {
     var isClosing: Bool { get }
     /// Writes out everything enqueued so far, now (replies to a batch of lines).
     func flushNow()
+    /// The connection is gone: later output is dropped and `isClosing` is true.
+    func markClosed()
 }
 
 /// The line protocol for one client, whatever carries its bytes (a TCP connection, a UDP session):
@@ -86,8 +88,10 @@ public final class LineSession {
         return false
     }
 
-    /// The connection is gone (from either side).
+    /// The connection is gone (from either side): commands still running find the session closing
+    /// and write nothing more.
     public func stopped() {
+        sink.markClosed()
         quietTimer?.cancel()
         quietTimer = nil
         onInputWanted = nil
@@ -103,9 +107,9 @@ public final class LineSession {
             spendToken()
         }
         flushIfNeeded()
-        if !paused && !closing && framer.hasPartialLine && quietTimer == nil {
+        if let quietPeriod = config.quietPeriod, !paused && !closing && framer.hasPartialLine && quietTimer == nil {
             let handler = NIOLoopBound(self, eventLoop: eventLoop)
-            quietTimer = eventLoop.scheduleTask(in: config.quietPeriod) {
+            quietTimer = eventLoop.scheduleTask(in: quietPeriod) {
                 handler.value.quietPeriodExpired()
             }
         }

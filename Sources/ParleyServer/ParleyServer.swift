@@ -160,7 +160,12 @@ public final class ParleyServer: Sendable {
 
     private func bindDatagram(_ address: ListenAddress) async throws -> (any Channel, EventLoopFuture<Void>) {
         let hub = self.hub
-        let lineConfig = config.line
+        // No quiet period: the rest of a long line may be a retransmission away, not missing.
+        let lineConfig = {
+            var line = config.line
+            line.quietPeriod = nil
+            return line
+        }()
         let udpConfig = config.udp
         let counters = udpCounters
         let limit = config.outboundLimit

@@ -12,8 +12,9 @@ public struct UDPDoorConfig: Sendable {
     public var seed: UInt64?
     /// Sessions one listener keeps at once; a hello beyond that is refused with an error datagram.
     public var maxSessions = 10_000
-    /// How long an ending session waits for its last lines to be acknowledged before it is freed anyway.
-    public var closeGrace = TimeAmount.seconds(2)
+    /// How long an ending session waits for its last lines to be acknowledged before it is freed anyway
+    /// (longer than the TCP doors' 2 s: on a lossy path the last lines may need several tries).
+    public var closeGrace = TimeAmount.seconds(4)
 
     public init() {}
 }
@@ -113,6 +114,8 @@ final class UDPDoorHandler: ChannelInboundHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ServerShuttingDown {
             stopping = true
+            // Sessions that never confirmed their address are not in the hub, so nobody else ends them.
+            for peer in sessions.values where !peer.confirmed { free(peer) }
             if sessions.isEmpty { drained.succeed() }
         }
         context.fireUserInboundEventTriggered(event)
@@ -186,9 +189,7 @@ final class UDPDoorHandler: ChannelInboundHandler {
         counters.activeSessions.add(1, ordering: .relaxed)
 
         send(Packet(.welcome, token: token, payload: packet.payload), to: address)
-        if line.start(door: "udp", address: ChannelSink.describe(address)) {
-            flush(peer)
-        }
+        armTimer(peer, now: now)
         flushChannel()
     }
 
@@ -216,8 +217,12 @@ final class UDPDoorHandler: ChannelInboundHandler {
         case .data, .ack, .ping:
             break
         }
-        // The client has the token at the address it said hello from: the address is its own.
-        peer.confirmed = true
+        // The client has the token at the address it said hello from: the address is its own. Only
+        // now does the session join the hub, so a forged hello costs a slot here and nothing more.
+        if !peer.confirmed {
+            peer.confirmed = true
+            peer.line?.start(door: "udp", address: ChannelSink.describe(peer.address))
+        }
         switch peer.link.receive(packet, now: .now()) {
         case .duplicate: counters.droppedDuplicate.add(1, ordering: .relaxed)
         case .outOfWindow: counters.droppedOutOfWindow.add(1, ordering: .relaxed)
@@ -270,7 +275,9 @@ final class UDPDoorHandler: ChannelInboundHandler {
         peer.timerArmedAt = deadline
         let armedAt = deadline
         let bound = NIOLoopBound((self, peer), eventLoop: peer.sink.eventLoop)
-        peer.sink.eventLoop.scheduleTask(deadline: deadline) {
+        // A timer armed later than this one is left to fire and find nothing to do (cancelling is a
+        // search of the loop's timer queue); the newest is cancelled when the session is freed.
+        peer.timer = peer.sink.eventLoop.scheduleTask(deadline: deadline) {
             let (door, peer) = bound.value
             if peer.timerArmedAt == armedAt { peer.timerArmedAt = nil }
             door.timerFired(peer)
@@ -369,12 +376,16 @@ final class UDPDoorHandler: ChannelInboundHandler {
         sessions[peer.token] = nil
         if handshakes[peer.handshake] == peer.token { handshakes[peer.handshake] = nil }
         leaveHub(peer)
+        peer.timer?.cancel()
+        peer.timer = nil
+        // Timers that are already stale may still hold the peer for a while: let them hold nothing big.
+        peer.link = ReliableLink(token: peer.token, config: config.link, now: .now())
         if stopping && sessions.isEmpty { drained.succeed() }
     }
 
     /// How often a `bye` is sent before the other side is taken to be gone: with a third of datagrams
-    /// lost, all six are lost once in a thousand sessions.
-    static let goodbyeTries = 6
+    /// lost, all eight are lost once in 15,000 sessions.
+    static let goodbyeTries = 8
 
     /// The wait after the n-th `bye`: the link's initial timeout, doubling, at most 1 s.
     static func goodbyeInterval(try number: Int, _ config: LinkConfig) -> TimeAmount {
@@ -397,6 +408,7 @@ final class UDPPeer {
     /// Set when the session is ending: by then its last lines should be acknowledged.
     var closeDeadline: NIODeadline?
     var timerArmedAt: NIODeadline?
+    var timer: Scheduled<Void>?
     var flushPending = false
     /// A datagram other than hello came with the token from this address.
     var confirmed = false
@@ -416,7 +428,12 @@ final class UDPPeer {
 final class UDPSessionSink: LineSessionSink {
     let eventLoop: any EventLoop
     let format: any WireFormat = LineFormat.shared
-    private let peer: NIOLoopBound<UDPPeer>
+    /// Weak: the peer owns its sink, and a sink owning its peer would keep every ended session alive.
+    private final class PeerReference {
+        weak var peer: UDPPeer?
+        init(_ peer: UDPPeer) { self.peer = peer }
+    }
+    private let peerReference: NIOLoopBound<PeerReference>
     private let door: NIOLoopBound<UDPDoorHandler>
     private let outboundLimit: Int
     private let closing = Atomic<Bool>(false)
@@ -424,7 +441,7 @@ final class UDPSessionSink: LineSessionSink {
 
     init(eventLoop: any EventLoop, peer: UDPPeer, door: UDPDoorHandler, outboundLimit: Int) {
         self.eventLoop = eventLoop
-        self.peer = NIOLoopBound(peer, eventLoop: eventLoop)
+        self.peerReference = NIOLoopBound(PeerReference(peer), eventLoop: eventLoop)
         self.door = NIOLoopBound(door, eventLoop: eventLoop)
         self.outboundLimit = outboundLimit
     }
@@ -435,9 +452,10 @@ final class UDPSessionSink: LineSessionSink {
         closing.store(true, ordering: .relaxed)
     }
 
+    private var peer: UDPPeer? { peerReference.value.peer }
+
     func enqueue(_ bytes: ByteBuffer) {
-        guard !isClosing else { return }
-        let peer = self.peer.value
+        guard !isClosing, let peer else { return }
         peer.link.write(bytes)
         // A client that stops acknowledging is cut off, not buffered for without bound.
         if peer.link.unacknowledgedBytes > outboundLimit {
@@ -450,24 +468,20 @@ final class UDPSessionSink: LineSessionSink {
     /// Coalesces: everything enqueued in this loop pass goes out in as few datagrams as it fits.
     func flushQueued() {
         guard !isClosing, !flushScheduled.exchange(true, ordering: .relaxed) else { return }
-        let peer = self.peer
-        let door = self.door
         eventLoop.execute {
             self.flushScheduled.store(false, ordering: .relaxed)
-            guard !self.isClosing else { return }
-            door.value.flush(peer.value)
-            door.value.flushChannel()
+            self.flushNow()
         }
     }
 
     func flushNow() {
-        guard !isClosing else { return }
-        door.value.flush(peer.value)
+        guard !isClosing, let peer else { return }
+        door.value.flush(peer)
         door.value.flushChannel()
     }
 
     func disconnect(finalBytes: ByteBuffer?) {
-        guard !closing.exchange(true, ordering: .relaxed) else { return }
-        door.value.beginClosing(peer.value, finalBytes: finalBytes)
+        guard !closing.exchange(true, ordering: .relaxed), let peer else { return }
+        door.value.beginClosing(peer, finalBytes: finalBytes)
     }
 }

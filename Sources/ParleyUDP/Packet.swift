@@ -9,8 +9,8 @@ import NIOCore
 /// 3  0       flags (reserved, sent as 0, ignored)
 /// 4  token   UInt64, the session's token (0 in a hello)
 /// 12 seq     UInt32, a data datagram's sequence number (from 1); 0 otherwise
-/// 20 ack     UInt32, every sequence number up to this one was received and handed over in order
-/// 24 sack    UInt32, bit i set: sequence number ack+1+i is held as well (selective acknowledgement)
+/// 16 ack     UInt32, every sequence number up to this one was received and handed over in order
+/// 20 sack    UInt32, bit i set: sequence number ack+1+i is held as well (selective acknowledgement)
 /// 24 payload at most `maxPayload` bytes
 /// ```
 /// All integers are big-endian.

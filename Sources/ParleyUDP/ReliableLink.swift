@@ -52,6 +52,10 @@ public struct ReliableLink: Sendable {
     private var outbound = ByteBuffer()
     private var smoothedRTT: Double?
     private var rttVariance = 0.0
+    /// The timeout the round trips call for (RFC 6298), or the initial one before any was measured.
+    private var estimate: TimeAmount
+    /// The timeout new datagrams get: the estimate; before the first measurement, backed off after a
+    /// timeout (as RFC 6298 5.5-5.7 does), so a path slower than the initial guess is measured at all.
     private var timeout: TimeAmount
 
     // MARK: Receiving side
@@ -70,6 +74,7 @@ public struct ReliableLink: Sendable {
     public init(token: UInt64, config: LinkConfig = LinkConfig(), now: NIODeadline) {
         self.token = token
         self.config = config
+        self.estimate = config.initialTimeout
         self.timeout = config.initialTimeout
         self.lastHeard = now
         self.lastSent = now
@@ -138,6 +143,7 @@ public struct ReliableLink: Sendable {
                 let offset = flights[index].seq &- ack &- 1
                 if offset < 32, sack & (1 << offset) != 0, !flights[index].heldByPeer {
                     flights[index].heldByPeer = true
+                    flights[index].dueEarly = false
                     if flights[index].transmissions == 1 { sample = now - flights[index].sentAt }
                 }
             }
@@ -166,9 +172,13 @@ public struct ReliableLink: Sendable {
             smoothedRTT = seconds
             rttVariance = seconds / 2
         }
-        let estimate = TimeAmount.nanoseconds(Int64(((smoothedRTT ?? seconds) + 4 * rttVariance) * 1e9))
-        timeout = min(max(estimate, config.minimumTimeout), config.maximumTimeout)
+        let measured = TimeAmount.nanoseconds(Int64(min(((smoothedRTT ?? seconds) + 4 * rttVariance), 60) * 1e9))
+        estimate = max(measured, config.minimumTimeout)
+        timeout = estimate
     }
+
+    /// How far a timeout may back off: the configured cap, or twice the estimate on a slower path.
+    private var backoffCap: TimeAmount { max(config.maximumTimeout, estimate * 2) }
 
     // MARK: Output
 
@@ -189,16 +199,26 @@ public struct ReliableLink: Sendable {
 
     /// The datagrams to send now: retransmissions that are due, new data the window allows (packed
     /// up to the payload limit, cut after a line ending where one fits), an ack when one is owed and no
-    /// data carries it, and a keepalive ping. Returns how many of them are retransmissions.
+    /// data carries it, and a ping when the peer should be asked for an ack (a keepalive, or datagrams
+    /// it holds but has not acknowledged in order for their timeout). Returns how many are retransmissions.
     @discardableResult
     public mutating func collect(now: NIODeadline, into packets: inout [Packet]) -> Int {
         let before = packets.count
         var retransmitted = 0
+        var timedOut = false
+        var probe = false
+        for index in flights.indices where flights[index].heldByPeer && flights[index].deadline <= now {
+            // The peer has it but has not taken it: the ack that says it did may be lost. Ask.
+            flights[index].timeout = min(flights[index].timeout * 2, backoffCap)
+            flights[index].deadline = now + flights[index].timeout
+            probe = true
+        }
         for index in flights.indices where !flights[index].heldByPeer && (flights[index].dueEarly || flights[index].deadline <= now) {
             flights[index].transmissions += 1
             // Exponential backoff on a timeout; an early resend keeps the timeout it had.
             if !flights[index].dueEarly {
-                flights[index].timeout = min(flights[index].timeout * 2, max(config.maximumTimeout, timeout * 2))
+                flights[index].timeout = min(flights[index].timeout * 2, backoffCap)
+                timedOut = true
             }
             flights[index].dueEarly = false
             flights[index].deadline = now + flights[index].timeout
@@ -206,6 +226,11 @@ public struct ReliableLink: Sendable {
             packets.append(dataPacket(flights[index]))
             retransmitted += 1
         }
+        // Before the first measurement, a timeout may mean the path is slower than the initial guess:
+        // new datagrams wait longer too, so that one is acknowledged before its timeout and measured.
+        // After that, a timeout means a loss, and only the lost datagram backs off (random loss is not
+        // congestion; backing off everything would slow a lossy path far more than it needs).
+        if timedOut && smoothedRTT == nil { timeout = min(timeout * 2, backoffCap) }
         while flights.count < config.window && outbound.readableBytes > 0 && nextSeq < UInt32.max {
             let payload = takeChunk()
             let flight = Flight(seq: nextSeq, payload: payload, sentAt: now, deadline: now + timeout, timeout: timeout)
@@ -220,7 +245,7 @@ public struct ReliableLink: Sendable {
             // Under heavy loss a lost ack stalls the sender for a whole timeout; a second copy is cheap.
             if ackTwice { packets.append(ack) }
         }
-        if let keepalive = config.keepalive, packets.count == before, now - lastSent >= keepalive {
+        if packets.count == before, probe || config.keepalive.map({ now - lastSent >= $0 }) == true {
             packets.append(Packet(.ping, token: token, ack: delivered, sack: heldBits))
         }
         if packets.count > before {
@@ -267,7 +292,8 @@ public struct ReliableLink: Sendable {
     /// When `collect` or `isIdle` next has something to do.
     public var nextDeadline: NIODeadline {
         var next = lastHeard + config.idleTimeout
-        for flight in flights where !flight.heldByPeer { next = min(next, flight.dueEarly ? lastSent : flight.deadline) }
+        // Invariant: whatever this reports as due, `collect` sends (else a timer would fire forever).
+        for flight in flights { next = min(next, flight.dueEarly && !flight.heldByPeer ? lastSent : flight.deadline) }
         if let keepalive = config.keepalive { next = min(next, lastSent + keepalive) }
         return next
     }

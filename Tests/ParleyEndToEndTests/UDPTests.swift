@@ -141,9 +141,11 @@ private func eventually(_ what: String, timeout: Duration = .seconds(10), _ cond
             try await raw.send(ByteBuffer(bytes: [1, 2, 3, 4, 5]))
             try await eventually("the malformed datagram counted") { counters.droppedMalformed.load(ordering: .relaxed) == 1 }
 
-            // A session of our own, by hand. The server sends its first lines once we show we got the
-            // welcome (any datagram with the token).
+            // A session of our own, by hand. Until we show we got the welcome (any datagram with the
+            // token) the server sends nothing more, and the session is not in the hub.
             let token = try await raw.handshake()
+            #expect(counters.activeSessions.load(ordering: .relaxed) == 1)
+            #expect(server.server.hub.online().isEmpty)
             try await raw.send(Packet(.ping, token: token).encoded())
             let welcome = try await raw.expect(.data)
             #expect(String(buffer: welcome.payload).hasPrefix("WELCOME "))
@@ -202,7 +204,8 @@ private func eventually(_ what: String, timeout: Duration = .seconds(10), _ cond
 
             let raw = try await RawDatagramSocket.open(serverPort: port)
             defer { raw.close() }
-            _ = try await raw.handshake()
+            let token = try await raw.handshake()
+            try await raw.send(Packet(.ping, token: token).encoded())
             try await eventually("two UDP sessions") { counters.activeSessions.load(ordering: .relaxed) == 2 }
             // The silent one is freed by the idle timeout, and the others see it leave.
             _ = try await line.expect(prefix: "QUIT guest-")

@@ -31,6 +31,8 @@ private struct Network {
         var fromServer: [Packet] = []
         clientRetransmissions += client.collect(now: now, into: &fromClient)
         serverRetransmissions += server.collect(now: now, into: &fromServer)
+        // What `collect` leaves is due later: a deadline in the past would fire a timer forever.
+        #expect(client.nextDeadline > now && server.nextDeadline > now)
         for packet in fromClient where !loss.drops() { wire.append((true, packet)) }
         for packet in fromServer where !loss.drops() { wire.append((false, packet)) }
         now = now + elapsed
@@ -78,7 +80,6 @@ private func lines(_ range: ClosedRange<Int>, _ prefix: String) -> String {
         #expect(String(buffer: network.serverReceived) == up)
         #expect(String(buffer: network.clientReceived) == down)
         #expect(network.clientRetransmissions > 0 && network.serverRetransmissions > 0)
-        #expect(network.duplicates > 0)
     }
 
     @Test func aDatagramPacksWholeLinesUpToTheLimitAndSplitsOnlyALongerLine() throws {
@@ -165,6 +166,24 @@ private func lines(_ range: ClosedRange<Int>, _ prefix: String) -> String {
         packets.removeAll()
         #expect(sender.collect(now: .uptimeNanoseconds(1_000_000), into: &packets) == 1)
         #expect(packets.map(\.seq) == [2])
+    }
+
+    /// A datagram marked for early resend that the peer then turns out to hold is not due any more:
+    /// the link must not report a deadline in the past, or its timer would fire forever.
+    @Test func aDatagramHeldAfterAllIsNoLongerDue() {
+        var sender = ReliableLink(token: 1, now: .uptimeNanoseconds(0))
+        var packets: [Packet] = []
+        for index in 1...5 {
+            sender.write(ByteBuffer(string: "\(index)\n"))
+            sender.collect(now: .uptimeNanoseconds(0), into: &packets)
+        }
+        let now = NIODeadline.uptimeNanoseconds(1_000_000)
+        _ = sender.receive(Packet(.ack, token: 1, ack: 0, sack: 0b11110), now: now)
+        _ = sender.receive(Packet(.ack, token: 1, ack: 0, sack: 0b11111), now: now)
+        packets.removeAll()
+        #expect(sender.collect(now: now, into: &packets) == 0)
+        #expect(packets.isEmpty)
+        #expect(sender.nextDeadline > now)
     }
 
     @Test func lossIsRepeatableWithASeedAndNearItsRate() {
