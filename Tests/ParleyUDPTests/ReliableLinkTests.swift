@@ -50,6 +50,17 @@ private struct Network {
     }
 }
 
+/// A link that sent datagrams 1 to 5, one line each, at time 0; and those datagrams.
+private func senderWithFiveDatagramsOut() -> (ReliableLink, [Packet]) {
+    var sender = ReliableLink(token: 1, now: .uptimeNanoseconds(0))
+    var packets: [Packet] = []
+    for index in 1...5 {
+        sender.write(ByteBuffer(string: "\(index)\n"))
+        sender.collect(now: .uptimeNanoseconds(0), into: &packets)
+    }
+    return (sender, packets)
+}
+
 private func lines(_ range: ClosedRange<Int>, _ prefix: String) -> String {
     range.map { "\(prefix) \($0)\n" }.joined()
 }
@@ -153,12 +164,7 @@ private func lines(_ range: ClosedRange<Int>, _ prefix: String) -> String {
     }
 
     @Test func threeLaterAcknowledgementsResendALostDatagramBeforeItsTimeout() {
-        var sender = ReliableLink(token: 1, now: .uptimeNanoseconds(0))
-        var packets: [Packet] = []
-        for index in 1...5 {
-            sender.write(ByteBuffer(string: "\(index)\n"))
-            sender.collect(now: .uptimeNanoseconds(0), into: &packets)
-        }
+        var (sender, packets) = senderWithFiveDatagramsOut()
         #expect(packets.map(\.seq) == [1, 2, 3, 4, 5])
         // The receiver got 1, 3, 4 and 5.
         let ack = Packet(.ack, token: 1, ack: 1, sack: 0b1110)
@@ -171,12 +177,7 @@ private func lines(_ range: ClosedRange<Int>, _ prefix: String) -> String {
     /// A datagram marked for early resend that the peer then turns out to hold is not due any more:
     /// the link must not report a deadline in the past, or its timer would fire forever.
     @Test func aDatagramHeldAfterAllIsNoLongerDue() {
-        var sender = ReliableLink(token: 1, now: .uptimeNanoseconds(0))
-        var packets: [Packet] = []
-        for index in 1...5 {
-            sender.write(ByteBuffer(string: "\(index)\n"))
-            sender.collect(now: .uptimeNanoseconds(0), into: &packets)
-        }
+        var (sender, packets) = senderWithFiveDatagramsOut()
         let now = NIODeadline.uptimeNanoseconds(1_000_000)
         _ = sender.receive(Packet(.ack, token: 1, ack: 0, sack: 0b11110), now: now)
         _ = sender.receive(Packet(.ack, token: 1, ack: 0, sack: 0b11111), now: now)
