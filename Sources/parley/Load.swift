@@ -23,8 +23,17 @@ struct Load: AsyncParsableCommand {
 
     @OptionGroup var datagrams: UDPFlags
 
-    @Option(help: "course: accounts, login, one room, every message checked; rooms: guests in many rooms sending for --seconds, measuring throughput.")
+    @Option(help: "course: accounts, login, one room, every message checked; rooms: guests in many rooms sending for --seconds, measuring throughput; connections: --clients connecting at once and held idle for --hold seconds, measuring registration time and (with --server-pid) server memory per connection.")
     var scenario = "course"
+
+    @Option(name: .customLong("protocol"), help: "connections: line (Parley's line door) or irc (any IRC server, Parley's IRC door included).")
+    var protocolName = "line"
+
+    @Option(help: "connections: seconds the connections are held once all have registered.")
+    var hold = 2.0
+
+    @Option(help: "The server's process id, to report its CPU time and memory from /proc.")
+    var serverPid: Int32?
 
     @Option(help: "How many clients run at the same time.")
     var clients = 100
@@ -61,7 +70,15 @@ struct Load: AsyncParsableCommand {
             throw ValidationError("--password must be 8 to 72 bytes, without spaces.")
         }
         guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535.") }
-        guard ["course", "rooms"].contains(scenario) else { throw ValidationError("--scenario takes course or rooms; got \"\(scenario)\".") }
+        guard ["course", "rooms", "connections"].contains(scenario) else {
+            throw ValidationError("--scenario takes course, rooms or connections; got \"\(scenario)\".")
+        }
+        guard LoadProtocol(rawValue: protocolName) != nil else { throw ValidationError("--protocol takes line or irc; got \"\(protocolName)\".") }
+        if protocolName == "irc" && scenario != "connections" {
+            throw ValidationError("--protocol irc goes with --scenario connections for now; the other scenarios speak the line protocol.")
+        }
+        if datagrams.udp && scenario == "connections" { throw ValidationError("--scenario connections runs over TCP; leave out --udp.") }
+        guard hold >= 0, hold <= 3600 else { throw ValidationError("--hold must be from 0 to 3600 seconds.") }
         guard rooms >= 1, window >= 1 else { throw ValidationError("--rooms and --window must be at least 1.") }
         guard seconds > 0, seconds <= 3600 else { throw ValidationError("--seconds must be more than 0 and at most 3600.") }
     }
@@ -71,6 +88,21 @@ struct Load: AsyncParsableCommand {
         let transport = datagrams.transport(counters: counters)
         // Before the JSON line, which stays last.
         let udpSummary = { if datagrams.udp { print("udp, client side: " + counters.traffic) } }
+        if scenario == "connections" {
+            var options = ConnectionsOptions()
+            options.host = host
+            options.port = port
+            options.clients = clients
+            options.protocolKind = LoadProtocol(rawValue: protocolName) ?? .line
+            options.holdSeconds = hold
+            options.serverPID = serverPid
+            options.timeout = .seconds(timeout)
+            let report = await runConnections(options)
+            print(report.summary)
+            print(report.jsonLine)
+            if !report.succeeded { throw ExitCode.failure }
+            return
+        }
         if scenario == "rooms" {
             var options = ThroughputOptions()
             options.host = host

@@ -91,6 +91,27 @@ import Testing
         }
     }
 
+    /// Idle connections on both doors: all register, and the server's memory is read from /proc
+    /// (here the server runs in the test process, so its pid is ours).
+    @Test(arguments: [LoadProtocol.line, .irc])
+    func connectionsScenarioHoldsEveryClient(_ kind: LoadProtocol) async throws {
+        try await withServer { server in
+            var options = ConnectionsOptions()
+            options.port = kind == .irc ? server.ircPort ?? 0 : server.port
+            options.protocolKind = kind
+            options.clients = 40
+            options.holdSeconds = 0
+            options.serverPID = getpid()
+            let report = await runConnections(options)
+            #expect(report.errors == [])
+            #expect(report.registered == 40 && report.failed == 0 && report.registerMs.count == 40)
+            #expect(report.serverRSSBeforeKB != nil && report.serverRSSHeldKB != nil && report.serverBytesPerConnection != nil)
+            #expect(report.serverCPUSeconds != nil)
+            #expect(report.succeeded)
+            #expect(report.jsonLine.contains("\"scenario\":\"connections\""))
+        }
+    }
+
     @Test func aLoadRunAgainstNoServerFailsAndSaysWhy() async throws {
         // Port 1 (tcpmux) has no listener here; a port freed by another test could be reused at once.
         let port = 1

@@ -1,0 +1,201 @@
+import NIOCore
+import NIOPosix
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// Which protocol a load scenario speaks: Parley's line door, or IRC (Parley's IRC door or any other
+/// IRC server).
+public enum LoadProtocol: String, Sendable, CaseIterable, Codable {
+    case line
+    case irc
+}
+
+/// What `parley load --scenario connections` does: K clients connect at once and register (IRC:
+/// `NICK`/`USER` up to `001`; line: up to `WELCOME`), then stay connected, idle, for a while. It
+/// measures how long registering took and, given the server's pid, what each held connection costs
+/// the server in memory.
+public struct ConnectionsOptions: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 5555
+    public var clients = 1000
+    public var protocolKind = LoadProtocol.line
+    /// How long the connections are held once all are registered.
+    public var holdSeconds = 2.0
+    /// The server's pid, to read its memory (`VmRSS`) and CPU time from `/proc`.
+    public var serverPID: Int32?
+    /// The bound on connecting and registering, per client.
+    public var timeout = Duration.seconds(60)
+    public var runID: String?
+
+    public init() {}
+}
+
+public struct ConnectionsReport: Codable, Sendable, Equatable {
+    public var scenario = "connections"
+    public var protocolKind: LoadProtocol
+    public var runID: String
+    public var clients: Int
+    /// Clients that connected and registered, and those that did not (refused, timed out, closed).
+    public var registered: Int
+    public var failed: Int
+    /// From starting the TCP connect to the server's welcome (`001` or `WELCOME`).
+    public var registerMs: LatencySummary
+    /// The server's resident memory before the clients connected and while all were held (kB).
+    public var serverRSSBeforeKB: Int?
+    public var serverRSSHeldKB: Int?
+    /// (held - before) / registered, in bytes.
+    public var serverBytesPerConnection: Int?
+    /// The server's CPU time (user + system) over the run.
+    public var serverCPUSeconds: Double?
+    public var errorCount: Int
+    public var errors: [String]
+
+    enum CodingKeys: String, CodingKey {
+        case scenario, clients, registered, failed, errors
+        case protocolKind = "protocol"
+        case runID = "run_id"
+        case registerMs = "register_ms"
+        case serverRSSBeforeKB = "server_rss_before_kb"
+        case serverRSSHeldKB = "server_rss_held_kb"
+        case serverBytesPerConnection = "server_bytes_per_connection"
+        case serverCPUSeconds = "server_cpu_seconds"
+        case errorCount = "error_count"
+    }
+
+    public var succeeded: Bool { failed == 0 && errorCount == 0 }
+
+    public var jsonLine: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        guard let data = try? encoder.encode(self) else { return "{\"error\":\"could not encode the report\"}" }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    public var summary: String {
+        var lines = [
+            "parley load --scenario connections: run \(runID), \(clients) \(protocolKind.rawValue) clients connecting at once",
+            "registered: \(registered), failed: \(failed)",
+            "connect+register (ms) p50 \(fixed(registerMs.p50, 2))  p90 \(fixed(registerMs.p90, 2))  p99 \(fixed(registerMs.p99, 2))  max \(fixed(registerMs.max, 2))",
+        ]
+        if let before = serverRSSBeforeKB, let held = serverRSSHeldKB, let each = serverBytesPerConnection {
+            lines.append("server RSS: \(before) kB before, \(held) kB with the connections held: \(each) bytes a connection")
+        }
+        if let cpu = serverCPUSeconds { lines.append("server CPU: \(fixed(cpu, 2)) s") }
+        if !errors.isEmpty { lines.append("errors (first \(errors.count) of \(errorCount)): " + errors.joined(separator: "; ")) }
+        lines.append(succeeded ? "result: PASS" : "result: FAIL")
+        return lines.joined(separator: "\n")
+    }
+}
+
+public func runConnections(_ options: ConnectionsOptions) async -> ConnectionsReport {
+    raiseOpenFileLimit()
+    let runID = options.runID ?? String(UInt32.random(in: 0...UInt32.max), radix: 36)
+    let rssBefore = options.serverPID.flatMap(ServerProcess.residentKB)
+    let cpuBefore = options.serverPID.flatMap(ServerProcess.cpuSeconds)
+
+    let results: [Result<(LineClient, Double), any Error>] = await withTaskGroup(of: Result<(LineClient, Double), any Error>.self) { group in
+        for index in 0..<options.clients {
+            group.addTask {
+                let start = ContinuousClock.now
+                var connection: LineClient?
+                do {
+                    let client = try await LineClient.connect(host: options.host, port: options.port, connectTimeout: options.timeout)
+                    connection = client
+                    switch options.protocolKind {
+                    case .line:
+                        _ = try await client.expect(timeout: options.timeout, "WELCOME") { $0.hasPrefix("WELCOME ") }
+                    case .irc:
+                        try await registerIRC(client, nick: "c\(runID)x\(index)", timeout: options.timeout)
+                    }
+                    return .success((client, milliseconds(.now - start)))
+                } catch {
+                    await connection?.close()
+                    return .failure(error)
+                }
+            }
+        }
+        var all: [Result<(LineClient, Double), any Error>] = []
+        all.reserveCapacity(options.clients)
+        for await result in group { all.append(result) }
+        return all
+    }
+    var clients: [LineClient] = []
+    var latencies: [Double] = []
+    var errors: [String] = []
+    for result in results {
+        switch result {
+        case .success(let (client, ms)):
+            clients.append(client)
+            latencies.append(ms)
+        case .failure(let error):
+            errors.append("\(error)")
+        }
+    }
+
+    // Held, idle. The server's memory is read at the end of the hold, when it has settled.
+    try? await Task.sleep(for: .seconds(options.holdSeconds))
+    let rssHeld = options.serverPID.flatMap(ServerProcess.residentKB)
+    let cpuAfter = options.serverPID.flatMap(ServerProcess.cpuSeconds)
+    await withTaskGroup(of: Void.self) { group in
+        for client in clients { group.addTask { await client.close() } }
+    }
+
+    var report = ConnectionsReport(
+        protocolKind: options.protocolKind, runID: runID, clients: options.clients, registered: clients.count,
+        failed: options.clients - clients.count, registerMs: LatencySummary(samples: latencies),
+        serverRSSBeforeKB: rssBefore, serverRSSHeldKB: rssHeld, serverBytesPerConnection: nil,
+        serverCPUSeconds: nil, errorCount: errors.count, errors: Array(errors.prefix(5)))
+    if let rssBefore, let rssHeld, !clients.isEmpty {
+        report.serverBytesPerConnection = (rssHeld - rssBefore) * 1024 / clients.count
+    }
+    if let cpuBefore, let cpuAfter { report.serverCPUSeconds = cpuAfter - cpuBefore }
+    return report
+}
+
+/// Registers an IRC connection: `NICK`, `USER`, then waits for `001`, answering a `PING` on the way
+/// (some servers check that a client answers before they welcome it).
+func registerIRC(_ client: LineClient, nick: String, timeout: Duration) async throws {
+    try await client.send("NICK \(nick)\r")
+    try await client.send("USER \(nick) 0 * :\(nick)\r")
+    let deadline = ContinuousClock.now + timeout
+    while true {
+        let remaining = deadline - .now
+        guard remaining > .zero else { throw LineClientError.timeout(waitingFor: "001 (the IRC welcome)") }
+        let line = try await client.nextLine(timeout: remaining)
+        let words = line.split(separator: " ", maxSplits: 2)
+        if words.first == "PING" {
+            try await client.send("PONG " + line.dropFirst(5) + "\r")
+        } else if words.count >= 2, words[1] == "001" {
+            return
+        } else if words.first == "ERROR" || (words.count >= 2 && ["432", "433", "465"].contains(String(words[1]))) {
+            throw LoadFailure("registration refused: \(line)")
+        }
+    }
+}
+
+/// What `/proc` says about the server process (Linux).
+enum ServerProcess {
+    /// `VmRSS` from `/proc/PID/status`, in kB.
+    static func residentKB(_ pid: Int32) -> Int? {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+        for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+        }
+        return nil
+    }
+
+    /// User plus system CPU time from `/proc/PID/stat`, in seconds.
+    static func cpuSeconds(_ pid: Int32) -> Double? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        // Fields after the command name: state is field 3, utime 14, stime 15.
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        return (user + system) / ticks
+    }
+}
