@@ -28,6 +28,9 @@ public final class HubCounters: Sendable {
     public let peakSessions = Atomic<Int>(0)
     /// Connections that are not sessions yet (IRC clients still registering).
     public let unregisteredConnections = Atomic<Int>(0)
+    /// Connected server operators (IRC OPER). Counted, because LUSERS shows it to every client that
+    /// registers: walking every session for it made registering N clients cost N².
+    public let serverOperators = Atomic<Int>(0)
     public init() {}
 
     func sessionAdded() {
@@ -181,13 +184,24 @@ public final class Hub: Sendable {
     }
 
     /// Removes a session that closed; it leaves every room. Safe to call more than once.
+    /// Makes the session a server operator (IRC OPER), counted in `counters.serverOperators`.
+    public func makeServerOperator(_ session: Session) {
+        // Under the session's lock, as `disconnect` reads both: counted once, uncounted once.
+        let counted = session.state.withLock { state in
+            defer { state.serverOperator = true }
+            return state.connected && !state.serverOperator
+        }
+        if counted { counters.serverOperators.add(1, ordering: .relaxed) }
+    }
+
     public func disconnect(_ session: Session, reason: String? = nil) {
         let reason = reason.flatMap(NameRules.cleanText)
-        let wasConnected = session.state.withLock { state in
+        let (wasConnected, wasOperator) = session.state.withLock { state in
             defer { state.connected = false }
-            return state.connected
+            return (state.connected, state.serverOperator)
         }
         guard wasConnected else { return }
+        if wasOperator { counters.serverOperators.subtract(1, ordering: .relaxed) }
         // The name is read under the registry lock, as `rename` changes it under that lock.
         let (speaker, roomKeys, accepting) = registry.withLock { registry in
             registry.sessions[session.id] = nil

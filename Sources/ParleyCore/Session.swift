@@ -88,9 +88,9 @@ public final class Session: Sendable {
         get { state.withLock { $0.invisible } }
         set { state.withLock { $0.invisible = newValue } }
     }
+    /// Set through `Hub.makeServerOperator`, which keeps the count.
     public var isServerOperator: Bool {
-        get { state.withLock { $0.serverOperator } }
-        set { state.withLock { $0.serverOperator = newValue } }
+        state.withLock { $0.serverOperator }
     }
     public var away: String? {
         get { state.withLock { $0.away } }

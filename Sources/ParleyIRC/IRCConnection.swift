@@ -801,7 +801,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             numeric(context, "464", "Password incorrect")
             return
         }
-        session.isServerOperator = true
+        hub.makeServerOperator(session)
         numeric(context, "381", "You are now an IRC operator")
         send(context, IRCMessage(source: session.name, "MODE", [session.name, "+o"]))
     }
@@ -866,7 +866,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         let counters = hub.counters
         let users = counters.activeSessions.load(ordering: .relaxed)
         let peak = max(users, counters.peakSessions.load(ordering: .relaxed))
-        let operators = hub.allSessions().filter(\.isServerOperator).count
+        let operators = counters.serverOperators.load(ordering: .relaxed)
         numeric(context, "251", "There are \(users) users and 0 invisible on 1 servers")
         numeric(context, "252", "\(operators)", "operator(s) online")
         numeric(context, "253", "\(max(0, counters.unregisteredConnections.load(ordering: .relaxed)))", "unknown connection(s)")

@@ -406,6 +406,16 @@ import Testing
             try await boss.send("KILL pest :spamming")
             #expect(try await pest.expect("ERROR").params.first?.contains("Killed (boss (spamming))") == true)
             try await pest.connection.waitForClose()
+            // LUSERS counts the operator for a newcomer, and stops counting it once it leaves.
+            let newcomer = try await IRCTestClient.connect(server)
+            #expect(try await newcomer.register("newcomer").first { $0.command == "252" }?.params.dropFirst().first == "1")
+            await boss.close()
+            let deadline = ContinuousClock.now + .seconds(10)
+            while server.server.hub.online().contains(where: { $0.name == "boss" }) && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            try await newcomer.send("LUSERS")
+            #expect(try await newcomer.expect("252").params.dropFirst().first == "0")
         }
     }
 
