@@ -138,6 +138,9 @@ public final class ParleyServer: Sendable {
             .serverChannelOption(.maxMessagesPerRead, value: 256)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: limit / 2, high: limit))
+            // Each connection keeps its receive buffer between reads; an idle chat connection needs
+            // little, and the allocator grows it for a busy one. (NIO's default starts at 2 KiB.)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536))
             .childChannelInitializer { [weak self] channel in
                 self?.track(channel)
                 return channel.eventLoop.makeCompletedFuture {
