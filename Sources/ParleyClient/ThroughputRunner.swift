@@ -22,6 +22,8 @@ public struct ThroughputOptions: Sendable {
     public var drainSeconds = 15.0
     public var runID: String?
     public var transport: LineTransport = .tcp
+    /// `fanout`: only the first `senders` clients send, the others only receive; nil: everyone sends.
+    public var senders: Int?
 
     public init() {}
 }
@@ -67,7 +69,7 @@ public struct ThroughputReport: Codable, Sendable, Equatable {
 
     public var summary: String {
         var lines = [
-            "parley load --scenario rooms: run \(runID), \(clients) clients in \(rooms) rooms, window \(window), \(fixed(seconds, 1)) s of sending",
+            "parley load --scenario \(scenario): run \(runID), \(clients) clients in \(rooms) room\(rooms == 1 ? "" : "s"), window \(window), \(fixed(seconds, 1)) s of sending",
             "messages:   \(sent) sent, \(acknowledged) acknowledged, \(fixed(messagesPerSecond, 0))/s",
             "deliveries: \(delivered) of \(expected) expected, \(lost) lost, \(fixed(deliveriesPerSecond, 0))/s",
             "latency (ms) p50 \(fixed(latencyMs.p50, 2))  p90 \(fixed(latencyMs.p90, 2))  p99 \(fixed(latencyMs.p99, 2))  max \(fixed(latencyMs.max, 2))",
@@ -116,10 +118,10 @@ public func runThroughput(_ options: ThroughputOptions) async -> ThroughputRepor
         return all
     }
     var errors: [String] = []
-    var members: [(room: Int, client: LineClient, handler: ThroughputHandler)] = []
+    var members: [(index: Int, room: Int, client: LineClient, handler: ThroughputHandler)] = []
     for (index, result) in connected {
         switch result {
-        case .success(let (client, handler)): members.append((index % rooms, client, handler))
+        case .success(let (client, handler)): members.append((index, index % rooms, client, handler))
         case .failure(let error): errors.append("client \(index): \(error)")
         }
     }
@@ -127,7 +129,10 @@ public func runThroughput(_ options: ThroughputOptions) async -> ThroughputRepor
     // Send for the given time; each handler reports what it sent once its last message came back.
     let stopSending = NIODeadline.now() + .nanoseconds(Int64(options.seconds * 1e9))
     let grace = TimeAmount.nanoseconds(Int64(options.drainSeconds * 1e9))
-    let sending = members.map { $0.handler.send(until: stopSending, giveUpAfter: grace) }
+    let sending = members.map { member in
+        member.index < (options.senders ?? .max)
+            ? member.handler.send(until: stopSending, giveUpAfter: grace) : member.client.eventLoop.makeSucceededFuture(0)
+    }
     var sentPerRoom = Array(repeating: 0, count: rooms)
     for (member, sent) in zip(members, sending) {
         sentPerRoom[member.room] += (try? await sent.get()) ?? 0
@@ -147,11 +152,13 @@ public func runThroughput(_ options: ThroughputOptions) async -> ThroughputRepor
     let delivered = outcomes.reduce(0) { $0 + $1.delivered }
     let expected = outcomes.reduce(0) { $0 + $1.expected }
     errors += outcomes.compactMap(\.error)
-    return ThroughputReport(
+    var report = ThroughputReport(
         runID: runID, clients: options.clients, rooms: rooms, window: options.window, seconds: options.seconds,
         sent: sent, acknowledged: acknowledged, delivered: delivered, expected: expected, lost: max(0, expected - delivered),
         messagesPerSecond: Double(acknowledged) / options.seconds, deliveriesPerSecond: Double(delivered) / options.seconds,
         latencyMs: LatencySummary(samples: outcomes.flatMap(\.latencies)), errorCount: errors.count, errors: Array(errors.prefix(5)))
+    if options.senders != nil { report.scenario = "fanout" }
+    return report
 }
 
 /// One throughput client on its event loop. It keeps `window` messages in flight (sending one more as

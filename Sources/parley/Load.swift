@@ -41,6 +41,9 @@ struct Load: AsyncParsableCommand {
     @Option(help: "rooms: how many rooms the clients are spread over.")
     var rooms = 50
 
+    @Option(help: "fanout: how many of the clients (all in one room) send; the others only receive.")
+    var senders = 10
+
     @Option(help: "rooms: how long the clients send, in seconds.")
     var seconds = 10.0
 
@@ -70,9 +73,10 @@ struct Load: AsyncParsableCommand {
             throw ValidationError("--password must be 8 to 72 bytes, without spaces.")
         }
         guard (1...65535).contains(port) else { throw ValidationError("--port must be between 1 and 65535.") }
-        guard ["course", "rooms", "connections"].contains(scenario) else {
-            throw ValidationError("--scenario takes course, rooms or connections; got \"\(scenario)\".")
+        guard ["course", "rooms", "fanout", "connections"].contains(scenario) else {
+            throw ValidationError("--scenario takes course, rooms, fanout or connections; got \"\(scenario)\".")
         }
+        guard senders >= 1 else { throw ValidationError("--senders must be at least 1.") }
         guard LoadProtocol(rawValue: protocolName) != nil else { throw ValidationError("--protocol takes line or irc; got \"\(protocolName)\".") }
         if protocolName == "irc" && scenario != "connections" {
             throw ValidationError("--protocol irc goes with --scenario connections for now; the other scenarios speak the line protocol.")
@@ -103,7 +107,7 @@ struct Load: AsyncParsableCommand {
             if !report.succeeded { throw ExitCode.failure }
             return
         }
-        if scenario == "rooms" {
+        if scenario == "rooms" || scenario == "fanout" {
             var options = ThroughputOptions()
             options.host = host
             options.port = port
@@ -112,6 +116,10 @@ struct Load: AsyncParsableCommand {
             options.seconds = seconds
             options.window = window
             options.transport = transport
+            if scenario == "fanout" {
+                options.rooms = 1
+                options.senders = senders
+            }
             let report = await runThroughput(options)
             print(report.summary)
             udpSummary()

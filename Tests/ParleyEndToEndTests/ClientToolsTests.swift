@@ -72,6 +72,25 @@ import Testing
         }
     }
 
+    /// Fan-out: everyone in one room, a few sending; every message reaches every member.
+    @Test func fanoutScenarioDeliversEveryMessageToEveryMember() async throws {
+        try await withServer({ $0.line.floodRate = 0 }) { server in
+            var options = ThroughputOptions()
+            options.port = server.port
+            options.clients = 12
+            options.rooms = 1
+            options.senders = 3
+            options.seconds = 1
+            options.window = 4
+            let report = await runThroughput(options)
+            #expect(report.errors == [])
+            #expect(report.scenario == "fanout")
+            #expect(report.sent > 0 && report.acknowledged == report.sent)
+            #expect(report.expected == report.sent * 12 && report.delivered == report.expected && report.lost == 0)
+            #expect(server.server.hub.counters.messagesRelayed.load(ordering: .relaxed) == report.sent)
+        }
+    }
+
     /// The course scenario over the UDP door, with a third of the datagrams lost on both sides.
     @Test func courseScenarioOverUDPWithLoss() async throws {
         try await withServer({ config in
