@@ -34,7 +34,7 @@ public struct ConnectionsOptions: Sendable {
     public init() {}
 }
 
-public struct ConnectionsReport: Codable, Sendable, Equatable {
+public struct ConnectionsReport: Codable, Sendable, Equatable, JSONLineReport {
     public var scenario = "connections"
     public var protocolKind: LoadProtocol
     public var runID: String
@@ -67,13 +67,6 @@ public struct ConnectionsReport: Codable, Sendable, Equatable {
     }
 
     public var succeeded: Bool { failed == 0 && errorCount == 0 }
-
-    public var jsonLine: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        guard let data = try? encoder.encode(self) else { return "{\"error\":\"could not encode the report\"}" }
-        return String(decoding: data, as: UTF8.self)
-    }
 
     public var summary: String {
         var lines = [

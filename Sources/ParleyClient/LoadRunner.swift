@@ -122,8 +122,21 @@ public struct LoadLatencies: Codable, Sendable, Equatable {
     }
 }
 
+/// A report `parley load` prints, as its last line, in JSON.
+public protocol JSONLineReport: Encodable {}
+
+extension JSONLineReport {
+    /// The report as one line of JSON (keys sorted).
+    public var jsonLine: String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        guard let data = try? encoder.encode(self) else { return "{\"error\":\"could not encode the report\"}" }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
 /// The outcome of `parley load`; its JSON form is the last line the command prints.
-public struct LoadReport: Codable, Sendable, Equatable {
+public struct LoadReport: Codable, Sendable, Equatable, JSONLineReport {
     public var runID: String
     public var room: String
     /// Clients in the main phase.
@@ -199,18 +212,6 @@ public struct LoadReport: Codable, Sendable, Equatable {
     /// True when every client succeeded and no message was lost or duplicated.
     public var succeeded: Bool {
         failed == 0 && lost == 0 && duplicates == 0 && errorCount == 0
-    }
-
-    /// The report as one line of JSON (keys sorted).
-    public var jsonLine: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        do {
-            let data = try encoder.encode(self)
-            return String(decoding: data, as: UTF8.self)
-        } catch {
-            return "{\"error\":\"could not encode the report\"}"
-        }
     }
 
     /// The human-readable summary (several lines, no trailing newline).

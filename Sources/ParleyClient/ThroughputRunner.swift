@@ -28,7 +28,7 @@ public struct ThroughputOptions: Sendable {
     public init() {}
 }
 
-public struct ThroughputReport: Codable, Sendable, Equatable {
+public struct ThroughputReport: Codable, Sendable, Equatable, JSONLineReport {
     public var scenario = "rooms"
     public var runID: String
     public var clients: Int
@@ -59,13 +59,6 @@ public struct ThroughputReport: Codable, Sendable, Equatable {
     }
 
     public var succeeded: Bool { lost == 0 && errorCount == 0 && acknowledged == sent }
-
-    public var jsonLine: String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        guard let data = try? encoder.encode(self) else { return "{\"error\":\"could not encode the report\"}" }
-        return String(decoding: data, as: UTF8.self)
-    }
 
     public var summary: String {
         var lines = [

@@ -125,7 +125,8 @@ private func eventually(_ what: String, timeout: Duration = .seconds(10), _ cond
             #expect(counters.simulatedLossOut.load(ordering: .relaxed) > 10)
             #expect(counters.retransmissions.load(ordering: .relaxed) > 0)
             #expect(clientCounters.retransmissions.load(ordering: .relaxed) > 0)
-            #expect(counters.droppedDuplicate.load(ordering: .relaxed) + clientCounters.droppedDuplicate.load(ordering: .relaxed) > 0)
+            // Duplicates may or may not occur (an ack lost before its datagram's timeout); their
+            // suppression is checked deterministically by the replay test and the link's unit tests.
             await udp.close()
             await line.close()
         }
