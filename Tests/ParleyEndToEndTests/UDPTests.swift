@@ -194,13 +194,13 @@ private func eventually(_ what: String, timeout: Duration = .seconds(10), _ cond
 
     @Test func silentSessionsTimeOutAndGoodbyesFreeTheirState() async throws {
         try await withUDPServer({ config in
-            config.udp.link.idleTimeout = .milliseconds(300)
+            config.udp.link.idleTimeout = .seconds(1)
         }) { server, port in
             let counters = server.server.udpCounters
             let line = try await server.client()
             _ = try await line.command("/nick watcher")
             // This client pings well within the idle timeout, so it stays.
-            let steady = try await udpClient(port, keepalive: .milliseconds(60))
+            let steady = try await udpClient(port, keepalive: .milliseconds(100))
             _ = try await steady.command("/nick steady")
 
             let raw = try await RawDatagramSocket.open(serverPort: port)
