@@ -51,7 +51,6 @@ final class UDPLinkHandler: ChannelDuplexHandler {
     private var early = ByteBuffer()
     private var lossIn: LossSimulator
     private var lossOut: LossSimulator
-    private var helloInterval: TimeAmount
     /// The server has answered since the welcome, so it knows our address is ours.
     private var confirmed = false
     private var timerArmedAt: NIODeadline?
@@ -70,7 +69,6 @@ final class UDPLinkHandler: ChannelDuplexHandler {
         self.handshake = handshake
         var generator = SystemRandomNumberGenerator()
         nonce = generator.next()
-        helloInterval = options.link.initialTimeout
         // Each connection of a process draws its own sequence from the seed (the first one the seed's
         // own), or all the clients of a load run would lose the same datagrams at the same moments.
         let seed = options.seed.map { $0 &+ UDPLinkHandler.connections.add(1, ordering: .relaxed).oldValue &* 0x9E37_79B9_7F4A_7C15 }
@@ -79,7 +77,7 @@ final class UDPLinkHandler: ChannelDuplexHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        sendHello(context)
+        sendHello(context, attempt: 1)
         context.fireChannelActive()
     }
 
@@ -93,7 +91,7 @@ final class UDPLinkHandler: ChannelDuplexHandler {
         context.fireChannelInactive()
     }
 
-    private func sendHello(_ context: ChannelHandlerContext) {
+    private func sendHello(_ context: ChannelHandlerContext, attempt: Int) {
         guard link == nil, !ended else { return }
         var payload = ByteBuffer()
         payload.writeInteger(nonce)
@@ -101,23 +99,22 @@ final class UDPLinkHandler: ChannelDuplexHandler {
         context.flush()
         // The hello or the welcome may be lost: ask again, backing off.
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        context.eventLoop.scheduleTask(in: helloInterval) {
+        context.eventLoop.scheduleTask(in: options.link.retryInterval(after: attempt, cap: options.link.maximumTimeout)) {
             let (handler, context) = bound.value
-            handler.sendHello(context)
+            handler.sendHello(context, attempt: attempt + 1)
         }
-        helloInterval = min(helloInterval * 2, options.link.maximumTimeout)
     }
 
     /// After the welcome: pings until the server answers. The server sends nothing but welcomes to an
     /// address that has not shown it received one.
-    private func confirm(_ context: ChannelHandlerContext, interval: TimeAmount) {
+    private func confirm(_ context: ChannelHandlerContext, attempt: Int) {
         guard let link, !confirmed, !ended else { return }
         send(link.control(.ping), context)
         context.flush()
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        context.eventLoop.scheduleTask(in: interval) {
+        context.eventLoop.scheduleTask(in: options.link.retryInterval(after: attempt, cap: options.link.maximumTimeout)) {
             let (handler, context) = bound.value
-            handler.confirm(context, interval: min(interval * 2, handler.options.link.maximumTimeout))
+            handler.confirm(context, attempt: attempt + 1)
         }
     }
 
@@ -143,7 +140,7 @@ final class UDPLinkHandler: ChannelDuplexHandler {
             early = ByteBuffer()
             self.link = link
             handshake.succeed()
-            confirm(context, interval: options.link.initialTimeout)
+            confirm(context, attempt: 1)
         case .error:
             let text = String(buffer: packet.payload)
             if link == nil {
@@ -249,10 +246,10 @@ final class UDPLinkHandler: ChannelDuplexHandler {
         send(link.control(.bye), context)
         context.flush()
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        context.eventLoop.scheduleTask(in: min(options.link.initialTimeout * Int64(1 << min(tries - 1, 10)), .seconds(1))) {
+        context.eventLoop.scheduleTask(in: options.link.retryInterval(after: tries, cap: LinkConfig.goodbyeCap)) {
             let (handler, context) = bound.value
             guard let farewell = handler.farewell, !handler.ended else { return }
-            if farewell.tries >= 8 {
+            if farewell.tries >= LinkConfig.goodbyeTries {
                 // No answer: the server will forget the session after its idle timeout anyway.
                 handler.farewell = nil
                 handler.ended = true

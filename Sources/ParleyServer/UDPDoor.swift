@@ -198,7 +198,7 @@ final class UDPDoorHandler: ChannelInboundHandler {
             // Our goodbye is out: the client's answers it; anything else means it was lost.
             if packet.kind == .bye {
                 free(peer)
-            } else if farewell.tries < UDPDoorHandler.goodbyeTries {
+            } else if farewell.tries < LinkConfig.goodbyeTries {
                 send(peer.link.control(.bye), to: peer.address)
                 flushChannel()
             }
@@ -289,7 +289,7 @@ final class UDPDoorHandler: ChannelInboundHandler {
         let now = NIODeadline.now()
         if let farewell = peer.farewell {
             guard now >= farewell.next else { return armTimer(peer, now: now) }
-            if farewell.tries >= UDPDoorHandler.goodbyeTries {
+            if farewell.tries >= LinkConfig.goodbyeTries {
                 // No answer to any of our goodbyes: the client is gone.
                 free(peer)
             } else {
@@ -355,7 +355,7 @@ final class UDPDoorHandler: ChannelInboundHandler {
 
     private func sayGoodbye(_ peer: UDPPeer, now: NIODeadline) {
         let tries = (peer.farewell?.tries ?? 0) + 1
-        peer.farewell = (tries, now + UDPDoorHandler.goodbyeInterval(try: tries, config.link))
+        peer.farewell = (tries, now + config.link.retryInterval(after: tries, cap: LinkConfig.goodbyeCap))
         send(peer.link.control(.bye), to: peer.address)
         armTimer(peer, now: now)
     }
@@ -383,17 +383,6 @@ final class UDPDoorHandler: ChannelInboundHandler {
         if stopping && sessions.isEmpty { drained.succeed() }
     }
 
-    /// How often a `bye` is sent before the other side is taken to be gone: with a third of datagrams
-    /// lost, all eight are lost once in 15,000 sessions.
-    static let goodbyeTries = 8
-
-    /// The wait after the n-th `bye`: the link's initial timeout, doubling, at most 1 s.
-    static func goodbyeInterval(try number: Int, _ config: LinkConfig) -> TimeAmount {
-        min(config.initialTimeout * Int64(1 << min(number - 1, 10)), .seconds(1))
-    }
-
-    /// For tests and the console: how many sessions this listener holds.
-    var sessionCount: Int { sessions.count }
 }
 
 /// One UDP session's state in the door. Confined to the door's event loop.

@@ -16,6 +16,18 @@ public struct LinkConfig: Sendable {
     public var window = Packet.window
 
     public init() {}
+
+    /// How often a `bye` is sent before the other side is taken to be gone: with a third of datagrams
+    /// lost, all eight are lost once in 15,000 sessions.
+    public static let goodbyeTries = 8
+    /// The longest wait between two `bye`s.
+    public static let goodbyeCap = TimeAmount.seconds(1)
+
+    /// The wait after the n-th try (from 1) of a control datagram repeated until answered (`hello`,
+    /// the `ping` that confirms a welcome, `bye`): the initial timeout, doubling, at most `cap`.
+    public func retryInterval(after attempt: Int, cap: TimeAmount) -> TimeAmount {
+        min(initialTimeout * Int64(1 << min(max(attempt, 1) - 1, 10)), cap)
+    }
 }
 
 /// One end of a reliable, ordered byte stream over datagrams: numbering, cumulative and selective

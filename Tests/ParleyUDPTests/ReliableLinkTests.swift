@@ -187,6 +187,14 @@ private func lines(_ range: ClosedRange<Int>, _ prefix: String) -> String {
         #expect(sender.nextDeadline > now)
     }
 
+    @Test func repeatedControlDatagramsBackOffToTheirCap() {
+        let config = LinkConfig()
+        let hello = (1...4).map { config.retryInterval(after: $0, cap: config.maximumTimeout).nanoseconds / 1_000_000 }
+        #expect(hello == [100, 200, 250, 250])
+        let goodbye = (1...LinkConfig.goodbyeTries).map { config.retryInterval(after: $0, cap: LinkConfig.goodbyeCap).nanoseconds / 1_000_000 }
+        #expect(goodbye == [100, 200, 400, 800, 1000, 1000, 1000, 1000])
+    }
+
     @Test func lossIsRepeatableWithASeedAndNearItsRate() {
         var first = LossSimulator(rate: 0.3, seed: 42)
         var second = LossSimulator(rate: 0.3, seed: 42)
