@@ -15,6 +15,8 @@ public enum LineCommand: Equatable, Sendable {
     /// `/history [#room|NAME] [N]`: older messages, a page at a time.
     case history(target: String?, count: Int?)
     case help
+    /// `/ping [TOKEN]`: answered at once with `PONG TOKEN`, to check that the server is responsive.
+    case ping(String?)
     case quit(String?)
 }
 
@@ -44,6 +46,7 @@ public enum LineParser {
         ("history", "/history [#room|NAME] [N]", "show N earlier messages (default 20, at most 200); again for older ones"),
         ("me", "/me ACTION", "act in the current room"),
         ("say", "/say TEXT", "say TEXT in the current room, even if it starts with /"),
+        ("ping", "/ping [TOKEN]", "the server answers PONG TOKEN at once"),
         ("quit", "/quit [reason]", "leave the server (also: bye, exit)"),
     ]
 
@@ -99,6 +102,7 @@ public enum LineParser {
         case "me": return rest.isEmpty ? usage() : .success(.me(rest))
         case "say": return rest.isEmpty ? usage() : .success(.say(rest))
         case "quit": return .success(.quit(rest.isEmpty ? nil : rest))
+        case "ping": return words.count <= 1 ? .success(.ping(words.first)) : usage()
         default: return .failure(.unknownCommand(String(body.prefix { $0 != " " })))
         }
     }

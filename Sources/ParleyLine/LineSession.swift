@@ -243,6 +243,8 @@ public final class LineSession {
                 reply(LineReply.ok("list", "\(everyone.count) online."))
             case .help:
                 for line in LineReply.help() { reply(line) }
+            case .ping(let token):
+                reply(token.map { "PONG \($0)" } ?? "PONG")
             case .quit(let reason):
                 hub.disconnect(session, reason: reason)
                 sink.disconnect(finalBytes: ByteBuffer(string: LineReply.bye("Goodbye, \(session.name).") + "\n"))

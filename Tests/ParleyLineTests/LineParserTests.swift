@@ -41,6 +41,9 @@ import ParleyCore
         #expect(parse("/say /not a command") == .say("/not a command"))
         #expect(parse("/quit") == .quit(nil))
         #expect(parse("/quit see you") == .quit("see you"))
+        #expect(parse("/ping") == .ping(nil))
+        #expect(parse("/PING 42") == .ping("42"))
+        #expect(failure("/ping a b") == .usage(command: "ping", form: "/ping [TOKEN]"))
     }
 
     @Test func byeAndExitQuit() {
