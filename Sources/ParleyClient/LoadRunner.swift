@@ -82,24 +82,11 @@ public struct LatencySummary: Codable, Sendable, Equatable {
         self.max = max
     }
 
-    /// Nearest-rank percentiles of `samples` (milliseconds), rounded to microseconds.
+    /// Percentiles of `samples` (milliseconds), through a `LatencyHistogram`.
     public init(samples: [Double]) {
-        guard !samples.isEmpty else {
-            self.init()
-            return
-        }
-        let sorted = samples.sorted()
-        func percentile(_ q: Double) -> Double {
-            let rank = Int((q * Double(sorted.count)).rounded(.up))
-            return roundToMicroseconds(sorted[Swift.max(0, Swift.min(sorted.count - 1, rank - 1))])
-        }
-        self.init(
-            count: sorted.count,
-            p50: percentile(0.50),
-            p90: percentile(0.90),
-            p99: percentile(0.99),
-            max: roundToMicroseconds(sorted[sorted.count - 1])
-        )
+        var histogram = LatencyHistogram()
+        for sample in samples { histogram.record(milliseconds: sample) }
+        self = histogram.summary
     }
 }
 
@@ -843,10 +830,6 @@ func seconds(_ duration: Duration) -> Double {
 
 func milliseconds(_ duration: Duration) -> Double {
     seconds(duration) * 1000
-}
-
-private func roundToMicroseconds(_ milliseconds: Double) -> Double {
-    (milliseconds * 1000).rounded() / 1000
 }
 
 private func roundToMilliseconds(_ seconds: Double) -> Double {

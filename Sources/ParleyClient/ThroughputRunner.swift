@@ -1,5 +1,11 @@
 import NIOCore
-import Synchronization
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -7,16 +13,20 @@ import FoundationEssentials
 import Foundation
 #endif
 
-/// What `parley load --scenario rooms` does: C guest clients spread over R rooms, every one sending
-/// as fast as a window of unacknowledged messages allows, for a bounded time. It measures how many
-/// messages a second the server accepts, stores (when it keeps history) and delivers.
+/// What `parley load --scenario rooms` and `fanout` do: C clients spread over R rooms (fanout: one
+/// room, and only the first S clients send), sending as fast as a window of unacknowledged messages
+/// allows, for a bounded time. It measures how many messages a second the server accepts, stores (when
+/// it keeps history) and delivers, over Parley's line door or IRC (Parley's IRC door or any other IRC
+/// server).
 public struct ThroughputOptions: Sendable {
     public var host = "127.0.0.1"
     public var port = 5555
+    public var protocolKind = LoadProtocol.line
     public var clients = 200
     public var rooms = 50
     public var seconds = 10.0
-    /// Messages a client may have sent and not yet seen echoed.
+    /// Messages a client may have sent and not yet had acknowledged (line: its own message came back;
+    /// IRC: the server answered a `PING` sent after it).
     public var window = 16
     /// The most time allowed for the deliveries still in flight when sending stops.
     public var drainSeconds = 15.0
@@ -24,37 +34,59 @@ public struct ThroughputOptions: Sendable {
     public var transport: LineTransport = .tcp
     /// `fanout`: only the first `senders` clients send, the others only receive; nil: everyone sends.
     public var senders: Int?
+    /// How many receiving clients read the send time in each message to measure latency; the others
+    /// only count lines.
+    public var observers = 8
+    /// A separate client pings the server every `pingInterval` during the run (nil: no pinger).
+    public var pingInterval: TimeAmount? = .milliseconds(20)
+    /// The server's pid, to report the CPU time it used while the clients sent.
+    public var serverPID: Int32?
 
     public init() {}
 }
 
 public struct ThroughputReport: Codable, Sendable, Equatable, JSONLineReport {
     public var scenario = "rooms"
+    public var protocolKind: LoadProtocol
     public var runID: String
     public var clients: Int
     public var rooms: Int
+    public var senders: Int
     public var window: Int
     public var seconds: Double
-    /// Messages sent, and of those, echoed to their sender (accepted, stored and published).
+    /// Messages sent, and of those, acknowledged (line: echoed to their sender; IRC: followed by a
+    /// `PING` the server answered).
     public var sent: Int
     public var acknowledged: Int
-    /// Room messages received by all clients, and how many the room sizes call for.
+    /// Room messages received by all clients, and how many the room sizes call for (line: every member,
+    /// the sender included; IRC: every member but the sender).
     public var delivered: Int
     public var expected: Int
     public var lost: Int
     public var messagesPerSecond: Double
     public var deliveriesPerSecond: Double
-    /// From sending a message to receiving its echo.
+    /// From sending a message to an observer receiving it.
     public var latencyMs: LatencySummary
+    /// Round trips of the pinger's `PING`s during the run.
+    public var pingMs: LatencySummary?
+    /// The server's CPU time (user + system) from the first message sent to the last delivered.
+    public var serverCPUSeconds: Double?
+    /// The load generator's own CPU time over the same span: near `seconds` of one CPU means the
+    /// generator, not the server, may be what limits the figures.
+    public var loadCPUSeconds: Double
     public var errorCount: Int
     public var errors: [String]
 
     enum CodingKeys: String, CodingKey {
-        case scenario, clients, rooms, window, seconds, sent, acknowledged, delivered, expected, lost, errors
+        case scenario, clients, rooms, senders, window, seconds, sent, acknowledged, delivered, expected, lost, errors
+        case protocolKind = "protocol"
         case runID = "run_id"
         case messagesPerSecond = "messages_per_second"
         case deliveriesPerSecond = "deliveries_per_second"
         case latencyMs = "latency_ms"
+        case pingMs = "ping_ms"
+        case serverCPUSeconds = "server_cpu_seconds"
+        case loadCPUSeconds = "load_cpu_seconds"
         case errorCount = "error_count"
     }
 
@@ -62,11 +94,15 @@ public struct ThroughputReport: Codable, Sendable, Equatable, JSONLineReport {
 
     public var summary: String {
         var lines = [
-            "parley load --scenario \(scenario): run \(runID), \(clients) clients in \(rooms) room\(rooms == 1 ? "" : "s"), window \(window), \(fixed(seconds, 1)) s of sending",
+            "parley load --scenario \(scenario): run \(runID), \(protocolKind.rawValue), \(clients) clients in \(rooms) room\(rooms == 1 ? "" : "s"), \(senders) sending, window \(window), \(fixed(seconds, 1)) s of sending",
             "messages:   \(sent) sent, \(acknowledged) acknowledged, \(fixed(messagesPerSecond, 0))/s",
             "deliveries: \(delivered) of \(expected) expected, \(lost) lost, \(fixed(deliveriesPerSecond, 0))/s",
             "latency (ms) p50 \(fixed(latencyMs.p50, 2))  p90 \(fixed(latencyMs.p90, 2))  p99 \(fixed(latencyMs.p99, 2))  max \(fixed(latencyMs.max, 2))",
         ]
+        if let ping = pingMs {
+            lines.append("ping (ms)    p50 \(fixed(ping.p50, 2))  p90 \(fixed(ping.p90, 2))  p99 \(fixed(ping.p99, 2))  max \(fixed(ping.max, 2))  (\(ping.count) pings)")
+        }
+        lines.append("CPU: " + (serverCPUSeconds.map { "server \(fixed($0, 2)) s, " } ?? "") + "load generator \(fixed(loadCPUSeconds, 2)) s")
         if !errors.isEmpty { lines.append("errors (first \(errors.count) of \(errorCount)): " + errors.joined(separator: "; ")) }
         lines.append(succeeded ? "result: PASS" : "result: FAIL")
         return lines.joined(separator: "\n")
@@ -78,7 +114,7 @@ struct ThroughputOutcome: Sendable {
     var acknowledged = 0
     var delivered = 0
     var expected = 0
-    var latencies: [Double] = []
+    var latencies = LatencyHistogram()
     var error: String?
 }
 
@@ -86,22 +122,29 @@ public func runThroughput(_ options: ThroughputOptions) async -> ThroughputRepor
     raiseOpenFileLimit()
     let runID = options.runID ?? String(UInt32.random(in: 0...UInt32.max), radix: 36)
     let rooms = max(1, min(options.rooms, options.clients))
+    let senders = min(options.senders ?? options.clients, options.clients)
+    // Observers are spread over the clients (and so over the rooms).
+    let observerStride = max(1, options.clients / max(1, options.observers))
+    let timeout = Duration.seconds(60)
 
     // Connect and join first, so that every room is full before anyone sends; then each connection is
     // handed to a counting handler that runs on its event loop.
     let connected: [(Int, Result<(LineClient, ThroughputHandler), any Error>)] = await withTaskGroup(of: (Int, Result<(LineClient, ThroughputHandler), any Error>).self) { group in
         for index in 0..<options.clients {
             group.addTask {
+                var connection: LineClient?
                 do {
                     let client = try await LineClient.connect(host: options.host, port: options.port, transport: options.transport)
-                    _ = try await client.expect(timeout: .seconds(30), "WELCOME") { $0.hasPrefix("WELCOME ") }
-                    try await client.send("/join #r\(runID)-\(index % rooms)")
-                    let joined = try await client.expect(timeout: .seconds(30), "OK join") { $0.hasPrefix("OK join") || $0.hasPrefix("ERR ") }
-                    guard joined.hasPrefix("OK join") else { throw LoadFailure(joined) }
-                    let handler = ThroughputHandler(tag: "p\(index)-", window: options.window, loop: client.eventLoop)
+                    connection = client
+                    let room = "#r\(runID.prefix(4))-\(index % rooms)"
+                    try await join(client, room: room, nick: loadNick("p", runID, index), protocolKind: options.protocolKind, timeout: timeout)
+                    let handler = ThroughputHandler(
+                        protocolKind: options.protocolKind, tag: "p\(index)-", room: room, window: options.window,
+                        observes: index % observerStride == observerStride - 1, loop: client.eventLoop)
                     try await client.handOver(to: handler)
                     return (index, .success((client, handler)))
                 } catch {
+                    await connection?.close()
                     return (index, .failure(error))
                 }
             }
@@ -112,91 +155,165 @@ public func runThroughput(_ options: ThroughputOptions) async -> ThroughputRepor
     }
     var errors: [String] = []
     var members: [(index: Int, room: Int, client: LineClient, handler: ThroughputHandler)] = []
-    for (index, result) in connected {
+    for (index, result) in connected.sorted(by: { $0.0 < $1.0 }) {
         switch result {
         case .success(let (client, handler)): members.append((index, index % rooms, client, handler))
         case .failure(let error): errors.append("client \(index): \(error)")
         }
     }
 
-    // Send for the given time; each handler reports what it sent once its last message came back.
+    // The pinger has a thread of its own, so that its round trips show the server's delays and not the
+    // generator's, whose threads are busy counting.
+    var pinger: (LineClient, Pinger)?
+    let pingerThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    if let interval = options.pingInterval {
+        do {
+            let client = try await LineClient.connect(host: options.host, port: options.port, transport: options.transport, group: pingerThread)
+            if options.protocolKind == .irc {
+                try await registerIRC(client, nick: loadNick("q", runID, 0), timeout: timeout)
+            } else {
+                _ = try await client.expect(timeout: timeout, "WELCOME") { $0.hasPrefix("WELCOME ") }
+            }
+            let handler = Pinger(protocolKind: options.protocolKind, interval: interval, loop: client.eventLoop)
+            try await client.handOver(to: handler)
+            pinger = (client, handler)
+        } catch {
+            errors.append("pinger: \(error)")
+        }
+    }
+
+    // Send for the given time; each handler reports what it sent once its last message was acknowledged.
+    let cpuBefore = options.serverPID.flatMap(ServerProcess.cpuSeconds)
+    let loadCPUBefore = ServerProcess.ownCPUSeconds()
+    pinger?.1.start()
     let stopSending = NIODeadline.now() + .nanoseconds(Int64(options.seconds * 1e9))
     let grace = TimeAmount.nanoseconds(Int64(options.drainSeconds * 1e9))
     let sending = members.map { member in
-        member.index < (options.senders ?? .max)
+        member.index < senders
             ? member.handler.send(until: stopSending, giveUpAfter: grace) : member.client.eventLoop.makeSucceededFuture(0)
     }
     var sentPerRoom = Array(repeating: 0, count: rooms)
+    var sentByMember: [Int] = []
     for (member, sent) in zip(members, sending) {
-        sentPerRoom[member.room] += (try? await sent.get()) ?? 0
+        let count = (try? await sent.get()) ?? 0
+        sentPerRoom[member.room] += count
+        sentByMember.append(count)
     }
-    // Then every member must receive every message its room's members sent, its own included.
-    let draining = members.map { $0.handler.drain(expecting: sentPerRoom[$0.room], within: grace) }
+    // Then every member must receive every message its room's members sent (over IRC, but its own).
+    let draining = zip(members, sentByMember).map { member, own in
+        member.handler.drain(expecting: sentPerRoom[member.room] - (options.protocolKind == .irc ? own : 0), within: grace)
+    }
     var outcomes: [ThroughputOutcome] = []
     for (member, future) in zip(members, draining) {
-        var outcome = (try? await future.get()) ?? ThroughputOutcome(error: "client \(member.handler.tag): the event loop went away")
-        outcome.expected = sentPerRoom[member.room]
+        let outcome = (try? await future.get()) ?? ThroughputOutcome(error: "client \(member.handler.tag): the event loop went away")
         outcomes.append(outcome)
     }
+    let cpuAfter = options.serverPID.flatMap(ServerProcess.cpuSeconds)
+    let loadCPU = ServerProcess.ownCPUSeconds() - loadCPUBefore
+    let pings = await pinger?.1.stop()
     for member in members { await member.client.close() }
+    await pinger?.0.close()
+    try? await pingerThread.shutdownGracefully()
 
     let sent = outcomes.reduce(0) { $0 + $1.sent }
     let acknowledged = outcomes.reduce(0) { $0 + $1.acknowledged }
     let delivered = outcomes.reduce(0) { $0 + $1.delivered }
     let expected = outcomes.reduce(0) { $0 + $1.expected }
+    var latencies = LatencyHistogram()
+    for outcome in outcomes { latencies.add(outcome.latencies) }
     errors += outcomes.compactMap(\.error)
     var report = ThroughputReport(
-        runID: runID, clients: options.clients, rooms: rooms, window: options.window, seconds: options.seconds,
+        protocolKind: options.protocolKind, runID: runID, clients: options.clients, rooms: rooms, senders: senders,
+        window: options.window, seconds: options.seconds,
         sent: sent, acknowledged: acknowledged, delivered: delivered, expected: expected, lost: max(0, expected - delivered),
         messagesPerSecond: Double(acknowledged) / options.seconds, deliveriesPerSecond: Double(delivered) / options.seconds,
-        latencyMs: LatencySummary(samples: outcomes.flatMap(\.latencies)), errorCount: errors.count, errors: Array(errors.prefix(5)))
+        latencyMs: latencies.summary, pingMs: pings?.summary, serverCPUSeconds: nil, loadCPUSeconds: loadCPU,
+        errorCount: errors.count, errors: Array(errors.prefix(5)))
+    if let cpuBefore, let cpuAfter { report.serverCPUSeconds = cpuAfter - cpuBefore }
     if options.senders != nil { report.scenario = "fanout" }
     return report
 }
 
-/// One throughput client on its event loop. It keeps `window` messages in flight (sending one more as
-/// each of its own comes back) and counts the room messages it receives by scanning bytes: no strings,
-/// no task switch per line, so the generator costs the server's machine as little as it can.
+/// A nick short enough for any IRC server (ngIRCd allows 9 characters): a letter, 3 characters of the
+/// run id, the client's index in base 36.
+func loadNick(_ letter: String, _ runID: String, _ index: Int) -> String {
+    letter + runID.prefix(3) + String(index, radix: 36)
+}
+
+/// Registers (IRC) or waits for the welcome (line), then joins `room` and waits until the server
+/// confirms it (IRC: the end of the names list, `366`).
+private func join(_ client: LineClient, room: String, nick: String, protocolKind: LoadProtocol, timeout: Duration) async throws {
+    switch protocolKind {
+    case .line:
+        _ = try await client.expect(timeout: timeout, "WELCOME") { $0.hasPrefix("WELCOME ") }
+        try await client.send("/join \(room)")
+        let joined = try await client.expect(timeout: timeout, "OK join") { $0.hasPrefix("OK join") || $0.hasPrefix("ERR ") }
+        guard joined.hasPrefix("OK join") else { throw LoadFailure(joined) }
+    case .irc:
+        try await registerIRC(client, nick: nick, timeout: timeout)
+        try await client.send("JOIN \(room)\r")
+        // 366 ends the names list; 403, 405 and 471 to 477 refuse the join.
+        let refusals: Set<Substring> = ["403", "405", "471", "473", "474", "475", "477"]
+        let reply = try await client.expect(timeout: timeout, "366 (joined \(room))") { line in
+            let words = line.split(separator: " ", maxSplits: 2)
+            return words.count >= 2 && (words[1] == "366" || refusals.contains(words[1]))
+        }
+        guard reply.split(separator: " ", maxSplits: 2)[1] == "366" else { throw LoadFailure("JOIN \(room) refused: \(reply)") }
+    }
+}
+
+/// One throughput client on its event loop. A sender keeps `window` messages unacknowledged, sending
+/// more as acknowledgements come. Every client counts the room messages it receives by looking at a
+/// line's first bytes: no strings, no task switch per line, so that the generator costs the machine as
+/// little as it can. An observer also reads the send time at the end of each message, for latency.
+///
+/// A message's text is `TAG SEQ TIME`: `p12-` for client 12, its sequence number, and the generator's
+/// monotonic clock in nanoseconds when it was sent.
 final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
     // @unchecked Sendable: every stored var is touched only on `loop`, the channel's event loop (the
-    // methods called from elsewhere hop there with `flatSubmit` first); `loop`, `tag`, `marker` and
-    // `window` are constants.
+    // methods called from elsewhere hop there with `flatSubmit` first); the lets are constants.
     typealias InboundIn = ByteBuffer
 
     let tag: String
-    /// `: p12-`: the only lines that contain it are this client's own messages.
+    private let protocolKind: LoadProtocol
+    /// `: p12-`: over the line door, the only lines that contain it are this client's own messages.
     private let marker: [UInt8]
+    /// What precedes the text of a message this client sends.
+    private let messagePrefix: String
     private let window: Int
+    private let observes: Bool
     private let loop: any EventLoop
     private var context: ChannelHandlerContext?
     private var partial: [UInt8] = []
     private var outcome = ThroughputOutcome()
-    private var sentAt: [NIODeadline] = []
     private var stopSending: NIODeadline?
     private var sendingDone: EventLoopPromise<Int>?
     private var expected: Int?
     private var drained: EventLoopPromise<Void>?
 
-    init(tag: String, window: Int, loop: any EventLoop) {
+    init(protocolKind: LoadProtocol, tag: String, room: String, window: Int, observes: Bool, loop: any EventLoop) {
+        self.protocolKind = protocolKind
         self.loop = loop
         self.tag = tag
         self.marker = Array(": \(tag)".utf8)
+        self.messagePrefix = protocolKind == .irc ? "PRIVMSG \(room) :\(tag)" : tag
         self.window = max(1, window)
+        self.observes = observes
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
-    /// Sends until the deadline; gives how many messages were sent once all have come back.
+    /// Sends until the deadline; gives how many messages were sent once all are acknowledged.
     func send(until deadline: NIODeadline, giveUpAfter grace: TimeAmount) -> EventLoopFuture<Int> {
         loop.flatSubmit { [self] in
             let promise = loop.makePromise(of: Int.self)
             sendingDone = promise
             stopSending = deadline
             top()
-            // Wakes the handler at the deadline (and fails it if its messages never all come back).
+            // Wakes the handler at the deadline (and fails it if its messages are never all acknowledged).
             loop.scheduleTask(deadline: deadline) { [self] in checkSending() }
             loop.scheduleTask(deadline: deadline + grace) { [self] in
-                sendingDone?.fail(LoadFailure("client \(tag): \(outcome.sent - outcome.acknowledged) messages never came back"))
+                sendingDone?.fail(LoadFailure("client \(tag): \(outcome.sent - outcome.acknowledged) messages never acknowledged"))
                 sendingDone = nil
             }
             return promise.futureResult
@@ -207,6 +324,7 @@ final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
     func drain(expecting count: Int, within limit: TimeAmount) -> EventLoopFuture<ThroughputOutcome> {
         loop.flatSubmit { [self] in
             expected = count
+            outcome.expected = count
             let promise = loop.makePromise(of: Void.self)
             drained = promise
             checkDrained()
@@ -222,20 +340,24 @@ final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    /// Fills the window.
+    /// Fills the window; over IRC, a `PING` carrying the count sent so far follows, and its `PONG`
+    /// acknowledges them all (a server handles a client's lines in order).
     private func top() {
         guard let context, let stopSending, NIODeadline.now() < stopSending else { return checkSending() }
         let owed = window - (outcome.sent - outcome.acknowledged)
         guard owed > 0 else { return }
-        var buffer = context.channel.allocator.buffer(capacity: owed * (tag.utf8.count + 8))
-        let now = NIODeadline.now()
+        var buffer = context.channel.allocator.buffer(capacity: owed * (messagePrefix.utf8.count + 32) + 32)
+        let now = String(NIODeadline.now().uptimeNanoseconds)
+        let end = protocolKind == .irc ? "\r\n" : "\n"
         for _ in 0..<owed {
-            buffer.writeString(tag)
+            buffer.writeString(messagePrefix)
             buffer.writeString(String(outcome.sent))
-            buffer.writeInteger(UInt8(ascii: "\n"))
-            sentAt.append(now)
+            buffer.writeString(" ")
+            buffer.writeString(now)
+            buffer.writeString(end)
             outcome.sent += 1
         }
+        if protocolKind == .irc { buffer.writeString("PING :\(outcome.sent)\r\n") }
         context.writeAndFlush(NIOAny(buffer), promise: nil)
     }
 
@@ -253,35 +375,53 @@ final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
-        let now = NIODeadline.now()
-        buffer.withUnsafeReadableBytes { raw in
-            var start = raw.startIndex
-            while let newline = raw[start...].firstIndex(of: 0x0A) {
-                if partial.isEmpty {
-                    count(UnsafeRawBufferPointer(rebasing: raw[start..<newline]), at: now)
-                } else {
-                    partial.append(contentsOf: raw[start..<newline])
-                    partial.withUnsafeBytes { count($0, at: now) }
-                    partial.removeAll(keepingCapacity: true)
-                }
-                start = newline + 1
+        let now = NIODeadline.now().uptimeNanoseconds
+        let acknowledgedBefore = outcome.acknowledged
+        forEachLine(in: buffer, partial: &partial) { line in
+            switch protocolKind {
+            case .line: countLine(line, at: now)
+            case .irc: countIRC(line, at: now, context: context)
             }
-            partial.append(contentsOf: raw[start...])
         }
-        top()
+        if outcome.acknowledged != acknowledgedBefore { top() }
         checkDrained()
     }
 
-    /// One line: a room message (`MSG #...`), and this client's own if it holds the marker.
-    private func count(_ line: UnsafeRawBufferPointer, at now: NIODeadline) {
-        guard line.count > 4, line[0] == UInt8(ascii: "M"), line[1] == UInt8(ascii: "S"), line[2] == UInt8(ascii: "G"),
-              line[3] == UInt8(ascii: " ") else { return }
+    /// A line-door line: a room message (`MSG #...`), and this client's own if it holds the marker.
+    private func countLine(_ line: UnsafeRawBufferPointer, at now: UInt64) {
+        guard line.starts(with: "MSG ".utf8) else { return }
         outcome.delivered += 1
-        guard contains(line, marker) else { return }
-        if outcome.acknowledged < sentAt.count {
-            outcome.latencies.append(Double((now - sentAt[outcome.acknowledged]).nanoseconds) / 1e6)
+        if observes { observe(line, at: now) }
+        if contains(line, marker) { outcome.acknowledged += 1 }
+    }
+
+    /// An IRC line: `:prefix PRIVMSG ...` is a delivery, `:server PONG server :N` acknowledges the
+    /// first N messages, and the server's `PING` is answered.
+    private func countIRC(_ line: UnsafeRawBufferPointer, at now: UInt64, context: ChannelHandlerContext) {
+        guard line.first == UInt8(ascii: ":") else {
+            if line.starts(with: "PING ".utf8) {
+                var pong = context.channel.allocator.buffer(capacity: line.count + 2)
+                pong.writeString("PONG ")
+                pong.writeBytes(UnsafeRawBufferPointer(rebasing: line[5...]))
+                pong.writeString("\r\n")
+                context.writeAndFlush(NIOAny(pong), promise: nil)
+            }
+            return
         }
-        outcome.acknowledged += 1
+        guard let space = line.firstIndex(of: UInt8(ascii: " ")) else { return }
+        let command = UnsafeRawBufferPointer(rebasing: line[(space + 1)...])
+        if command.starts(with: "PRIVMSG ".utf8) {
+            outcome.delivered += 1
+            if observes { observe(line, at: now) }
+        } else if command.starts(with: "PONG ".utf8), let count = trailingNumber(line) {
+            outcome.acknowledged = max(outcome.acknowledged, min(Int(count), outcome.sent))
+        }
+    }
+
+    /// Records the latency of a message whose text ends with its send time.
+    private func observe(_ line: UnsafeRawBufferPointer, at now: UInt64) {
+        guard let sentAt = trailingNumber(line), sentAt <= now else { return }
+        outcome.latencies.record(microseconds: (now - sentAt) / 1000)
     }
 
     private func contains(_ line: UnsafeRawBufferPointer, _ needle: [UInt8]) -> Bool {
@@ -309,4 +449,124 @@ final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
     }
+}
+
+/// A client outside the rooms that pings the server every `interval` while the others load it, one
+/// ping at a time: a server whose event loop stalls shows it in these round trips.
+final class Pinger: ChannelInboundHandler, @unchecked Sendable {
+    // @unchecked Sendable: the vars are touched only on `loop` (`start` and `stop` hop there first).
+    typealias InboundIn = ByteBuffer
+
+    private let protocolKind: LoadProtocol
+    private let interval: TimeAmount
+    private let loop: any EventLoop
+    private var context: ChannelHandlerContext?
+    private var partial: [UInt8] = []
+    private var sentAt: UInt64?
+    private var sequence: UInt64 = 0
+    private var running = false
+    private var rounds = LatencyHistogram()
+
+    init(protocolKind: LoadProtocol, interval: TimeAmount, loop: any EventLoop) {
+        self.protocolKind = protocolKind
+        self.interval = interval
+        self.loop = loop
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func start() {
+        loop.execute { [self] in
+            running = true
+            ping()
+        }
+    }
+
+    /// Stops pinging; gives the round trips, a ping still unanswered counted with its time so far.
+    func stop() async -> LatencyHistogram {
+        (try? await loop.submit { [self] in
+            running = false
+            if let sentAt { rounds.record(microseconds: (NIODeadline.now().uptimeNanoseconds - sentAt) / 1000) }
+            sentAt = nil
+            return rounds
+        }.get()) ?? LatencyHistogram()
+    }
+
+    private func ping() {
+        guard running, let context else { return }
+        sequence += 1
+        sentAt = NIODeadline.now().uptimeNanoseconds
+        let line = protocolKind == .irc ? "PING :\(sequence)\r\n" : "/ping \(sequence)\n"
+        context.writeAndFlush(NIOAny(context.channel.allocator.buffer(string: line)), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let now = NIODeadline.now().uptimeNanoseconds
+        forEachLine(in: unwrapInboundIn(data), partial: &partial) { line in
+            if protocolKind == .irc, line.starts(with: "PING ".utf8) {
+                var pong = context.channel.allocator.buffer(capacity: line.count + 2)
+                pong.writeString("PONG ")
+                pong.writeBytes(UnsafeRawBufferPointer(rebasing: line[5...]))
+                pong.writeString("\r\n")
+                context.writeAndFlush(NIOAny(pong), promise: nil)
+                return
+            }
+            let isPong = protocolKind == .irc
+                ? line.first == UInt8(ascii: ":") && contains(line, " PONG ")
+                : line.starts(with: "PONG ".utf8)
+            guard isPong, let sentAt, trailingNumber(line) == sequence else { return }
+            rounds.record(microseconds: (now - sentAt) / 1000)
+            self.sentAt = nil
+            loop.scheduleTask(in: interval) { [self] in ping() }
+        }
+    }
+
+    private func contains(_ line: UnsafeRawBufferPointer, _ text: String) -> Bool {
+        let needle = Array(text.utf8)
+        guard line.count >= needle.count else { return false }
+        return (0...(line.count - needle.count)).contains { start in
+            needle.indices.allSatisfy { line[start + $0] == needle[$0] }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// Calls `body` with each complete line in `buffer` (without its `\n` and any `\r`), keeping an
+/// unfinished last line in `partial` for the next read.
+func forEachLine(in buffer: ByteBuffer, partial: inout [UInt8], _ body: (UnsafeRawBufferPointer) -> Void) {
+    buffer.withUnsafeReadableBytes { raw in
+        guard let base = raw.baseAddress else { return }
+        var start = 0
+        while start < raw.count, let found = memchr(base + start, 0x0A, raw.count - start) {
+            let newline = base.distance(to: UnsafeRawPointer(found))
+            var end = newline
+            if partial.isEmpty {
+                if end > start, raw[end - 1] == 0x0D { end -= 1 }
+                body(UnsafeRawBufferPointer(rebasing: raw[start..<end]))
+            } else {
+                partial.append(contentsOf: raw[start..<newline])
+                if partial.last == 0x0D { partial.removeLast() }
+                partial.withUnsafeBytes { body($0) }
+                partial.removeAll(keepingCapacity: true)
+            }
+            start = newline + 1
+        }
+        if start < raw.count { partial.append(contentsOf: raw[start...]) }
+    }
+}
+
+/// The decimal number at the very end of `line`, if it ends with digits.
+func trailingNumber(_ line: UnsafeRawBufferPointer) -> UInt64? {
+    var value: UInt64 = 0
+    var scale: UInt64 = 1
+    var index = line.count - 1
+    while index >= 0, line[index] >= 0x30, line[index] <= 0x39, scale <= 1_000_000_000_000_000_000 {
+        value += UInt64(line[index] - 0x30) * scale
+        scale *= 10
+        index -= 1
+    }
+    return index == line.count - 1 ? nil : value
 }

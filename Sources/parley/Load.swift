@@ -26,7 +26,7 @@ struct Load: AsyncParsableCommand {
     @Option(help: "course: accounts, login, one room, every message checked; rooms: guests in many rooms sending for --seconds, measuring throughput; connections: --clients connecting at once and held idle for --hold seconds, measuring registration time and (with --server-pid) server memory per connection.")
     var scenario = "course"
 
-    @Option(name: .customLong("protocol"), help: "connections: line (Parley's line door) or irc (any IRC server, Parley's IRC door included).")
+    @Option(name: .customLong("protocol"), help: "rooms, fanout and connections: line (Parley's line door) or irc (any IRC server, Parley's IRC door included).")
     var protocolName = "line"
 
     @Option(help: "connections: seconds the connections are held once all have registered.")
@@ -78,9 +78,10 @@ struct Load: AsyncParsableCommand {
         }
         guard senders >= 1 else { throw ValidationError("--senders must be at least 1.") }
         guard LoadProtocol(rawValue: protocolName) != nil else { throw ValidationError("--protocol takes line or irc; got \"\(protocolName)\".") }
-        if protocolName == "irc" && scenario != "connections" {
-            throw ValidationError("--protocol irc goes with --scenario connections for now; the other scenarios speak the line protocol.")
+        if protocolName == "irc" && scenario == "course" {
+            throw ValidationError("--protocol irc goes with the rooms, fanout and connections scenarios; the course scenario uses Parley's accounts over the line protocol.")
         }
+        if protocolName == "irc" && datagrams.udp { throw ValidationError("--udp carries the line protocol; leave out --protocol irc.") }
         if datagrams.udp && scenario == "connections" { throw ValidationError("--scenario connections runs over TCP; leave out --udp.") }
         guard hold >= 0, hold <= 3600 else { throw ValidationError("--hold must be from 0 to 3600 seconds.") }
         guard rooms >= 1, window >= 1 else { throw ValidationError("--rooms and --window must be at least 1.") }
@@ -116,6 +117,8 @@ struct Load: AsyncParsableCommand {
             options.seconds = seconds
             options.window = window
             options.transport = transport
+            options.protocolKind = LoadProtocol(rawValue: protocolName) ?? .line
+            options.serverPID = serverPid
             if scenario == "fanout" {
                 options.rooms = 1
                 options.senders = senders

@@ -61,33 +61,49 @@ import Testing
             options.rooms = 3
             options.seconds = 1
             options.window = 4
+            options.observers = 12
             let report = await runThroughput(options)
             #expect(report.errors == [])
             #expect(report.sent > 0 && report.acknowledged == report.sent)
             // Four members a room: each message reaches all four, its sender included.
             #expect(report.expected == report.sent * 4 && report.delivered == report.expected && report.lost == 0)
-            #expect(report.latencyMs.count == report.sent)
+            // Every client observes: one latency for each delivery; the pinger got answers.
+            #expect(report.latencyMs.count == report.delivered)
+            #expect((report.pingMs?.count ?? 0) > 0)
             #expect(report.succeeded)
             #expect(server.server.log?.messagesStored.load(ordering: .relaxed) == report.sent)
         }
     }
 
-    /// Fan-out: everyone in one room, a few sending; every message reaches every member.
-    @Test func fanoutScenarioDeliversEveryMessageToEveryMember() async throws {
-        try await withServer({ $0.line.floodRate = 0 }) { server in
+    /// Fan-out: everyone in one room, a few sending; every message reaches every member, over the line
+    /// door (the sender included) and over IRC (everyone but the sender, acknowledged by PING).
+    @Test(arguments: [LoadProtocol.line, .irc])
+    func fanoutScenarioDeliversEveryMessageToEveryMember(_ kind: LoadProtocol) async throws {
+        try await withServer({ config in
+            config.line.floodRate = 0
+            config.irc.floodRate = 0
+        }) { server in
             var options = ThroughputOptions()
-            options.port = server.port
+            options.port = kind == .irc ? server.ircPort ?? 0 : server.port
+            options.protocolKind = kind
             options.clients = 12
             options.rooms = 1
             options.senders = 3
             options.seconds = 1
             options.window = 4
+            options.observers = 2
+            options.serverPID = getpid()
             let report = await runThroughput(options)
             #expect(report.errors == [])
             #expect(report.scenario == "fanout")
             #expect(report.sent > 0 && report.acknowledged == report.sent)
-            #expect(report.expected == report.sent * 12 && report.delivered == report.expected && report.lost == 0)
+            let receivers = kind == .irc ? 11 : 12
+            #expect(report.expected == report.sent * receivers && report.delivered == report.expected && report.lost == 0)
+            // Two observers of twelve: clients 5 and 11, both receivers of every message.
+            #expect(report.latencyMs.count == report.sent * 2)
+            #expect(report.serverCPUSeconds != nil && (report.pingMs?.count ?? 0) > 0)
             #expect(server.server.hub.counters.messagesRelayed.load(ordering: .relaxed) == report.sent)
+            #expect(server.server.log?.messagesStored.load(ordering: .relaxed) == report.sent)
         }
     }
 
