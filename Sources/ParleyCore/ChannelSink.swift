@@ -4,8 +4,19 @@ import Synchronization
 /// The hub's handle on one connection of a line-based door: queue, coalesced flush, bounded outbound
 /// queue, goodbye-then-close. Doors differ only in their format and in what they say on overflow.
 /// Every `SessionSink` method runs on the channel's event loop.
+///
+/// Output is gathered in one buffer per connection and handed to the channel once per loop pass (or
+/// when it reaches `writeChunk`): a member of a busy room gets its hundred messages as one write of
+/// one buffer rather than a hundred trips through the pipeline. A door that writes must do it through
+/// `enqueue`, so that its replies stay in order with the hub's messages.
 public final class ChannelSink: SessionSink {
+    /// Gathered output goes to the channel once it is this big, so the channel's writability (the
+    /// outbound limit) sees it.
+    static let writeChunk = 16 * 1024
+
     public let channel: any Channel
+    /// Output not yet handed to the channel.
+    private let gathered: NIOLoopBoundBox<ByteBuffer>
     private let closeGrace: TimeAmount
     /// What a client that overflowed its outbound limit is told before it is cut off.
     private let overflowNotice: @Sendable (any WireFormat) -> ByteBuffer?
@@ -20,6 +31,7 @@ public final class ChannelSink: SessionSink {
     public init(channel: any Channel, format: any WireFormat, closeGrace: TimeAmount, receivesOwnMessages: Bool = true,
                 overflowNotice: @escaping @Sendable (any WireFormat) -> ByteBuffer?) {
         self.channel = channel
+        self.gathered = .makeBoxSendingValue(ByteBuffer(), eventLoop: channel.eventLoop)
         self.closeGrace = closeGrace
         self.overflowNotice = overflowNotice
         self.currentFormat = Mutex(format)
@@ -39,14 +51,29 @@ public final class ChannelSink: SessionSink {
 
     public func enqueue(_ bytes: ByteBuffer) {
         guard !isClosing else { return }
-        channel.write(bytes, promise: nil)
+        gathered.value.writeImmutableBuffer(bytes)
+        if gathered.value.readableBytes >= Self.writeChunk { handOver() }
         enforceOutboundLimit()
+    }
+
+    public func deliver(_ bytes: ByteBuffer) {
+        enqueue(bytes)
+        flushQueued()
+    }
+
+    /// Gives the gathered output to the channel (unflushed), leaving an empty buffer that holds no
+    /// memory, so an idle connection costs nothing here.
+    private func handOver() {
+        guard gathered.value.readableBytes > 0 else { return }
+        channel.write(gathered.value, promise: nil)
+        gathered.value = ByteBuffer()
     }
 
     /// Producer-consumer with a bound: a client whose queue is over the limit even after a flush (so it
     /// is not reading) is cut off, not buffered forever. Doors call this after their own replies too.
     public func enforceOutboundLimit() {
         guard !channel.isWritable, !isClosing else { return }
+        handOver()
         channel.flush()
         if !channel.isWritable {
             disconnect(finalBytes: overflowNotice(format))
@@ -72,17 +99,21 @@ public final class ChannelSink: SessionSink {
         guard !isClosing, !flushScheduled.exchange(true, ordering: .relaxed) else { return }
         channel.eventLoop.execute {
             self.flushScheduled.store(false, ordering: .relaxed)
-            if !self.isClosing { self.channel.flush() }
+            self.flushNow()
         }
     }
 
     /// Flushes now (a door's replies to the lines of one read).
     public func flushNow() {
         guard !isClosing else { return }
+        handOver()
         channel.flush()
     }
 
     public func disconnect(finalBytes: ByteBuffer?) {
+        guard !isClosing else { return }
+        // What was gathered goes out before the goodbye.
+        handOver()
         guard !closing.exchange(true, ordering: .relaxed) else { return }
         let channel = self.channel
         let close: @Sendable (Result<Void, any Error>) -> Void = { _ in channel.close(promise: nil) }

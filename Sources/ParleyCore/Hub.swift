@@ -1011,26 +1011,29 @@ public final class Hub: Sendable {
     /// `then` runs after all of it, on the loop of `last` (or of the only recipient).
     func deliver(_ event: HubEvent, to recipients: [Session], last: Session? = nil, deliverLast: Bool = true,
                  then: (@Sendable () -> Void)? = nil) {
-        var rendered: [(format: ObjectIdentifier, bytes: ByteBuffer?)] = []
-        var batches: [(loop: any EventLoop, items: [(any SessionSink, ByteBuffer)])] = []
+        // The event is rendered once per wire format; each loop gets one task with its recipients'
+        // sinks and, for each, which rendering it takes. This runs once per copy, so it stays lean.
+        var formats: [ObjectIdentifier] = []
+        var rendered: [ByteBuffer?] = []
+        var batches: [DeliveryBatch] = []
         var count = 0
 
         func add(_ session: Session) {
             let sink = session.sink
-            let formatID = ObjectIdentifier(sink.format)
-            let bytes: ByteBuffer?
-            if let cached = rendered.first(where: { $0.format == formatID }) {
-                bytes = cached.bytes
-            } else {
-                bytes = sink.format.render(event)
-                rendered.append((formatID, bytes))
+            let format = sink.format
+            let formatID = ObjectIdentifier(format)
+            var which = formats.firstIndex(of: formatID) ?? -1
+            if which < 0 {
+                which = formats.count
+                formats.append(formatID)
+                rendered.append(format.render(event))
             }
-            guard let bytes else { return }
-            let loopID = ObjectIdentifier(sink.eventLoop)
-            if let index = batches.firstIndex(where: { ObjectIdentifier($0.loop) == loopID }) {
-                batches[index].items.append((sink, bytes))
+            guard rendered[which] != nil else { return }
+            if let index = batches.firstIndex(where: { $0.loopID == session.loopID }) {
+                batches[index].append(sink, UInt8(truncatingIfNeeded: which))
             } else {
-                batches.append((sink.eventLoop, [(sink, bytes)]))
+                batches.append(DeliveryBatch(loop: session.loop, loopID: session.loopID, capacity: recipients.count))
+                batches[batches.count - 1].append(sink, UInt8(truncatingIfNeeded: which))
             }
             count += 1
         }
@@ -1039,24 +1042,23 @@ public final class Hub: Sendable {
         if let last, deliverLast, last.receivesOwnMessages {
             add(last)
             // The sender's loop goes last, so its echo is submitted after every other copy.
-            let loopID = ObjectIdentifier(last.sink.eventLoop)
-            if let index = batches.firstIndex(where: { ObjectIdentifier($0.loop) == loopID }), index != batches.count - 1 {
+            if let index = batches.firstIndex(where: { $0.loopID == last.loopID }), index != batches.count - 1 {
                 batches.append(batches.remove(at: index))
             }
         }
         // `then` rides on the last batch when that is its loop's; otherwise (an IRC sender without
         // echo-message gets no copy) it is a task of its own on that loop, after the batches.
-        let thenLoop = (last ?? recipients.first)?.sink.eventLoop
+        let thenLoop = (last ?? recipients.first)?.loop
         var rideAlong = false
         if then != nil, let thenLoop, let lastBatch = batches.last {
-            rideAlong = ObjectIdentifier(lastBatch.loop) == ObjectIdentifier(thenLoop)
+            rideAlong = lastBatch.loopID == ObjectIdentifier(thenLoop)
         }
+        // Formats render to at most a handful of variants (IRC capabilities); 256 is far beyond.
+        let copies = rendered.map { $0 ?? ByteBuffer() }
         for (index, batch) in batches.enumerated() {
-            let items = batch.items
             let after = rideAlong && index == batches.count - 1 ? then : nil
             batch.loop.execute {
-                for (sink, bytes) in items { sink.enqueue(bytes) }
-                for (sink, _) in items { sink.flushQueued() }
+                for (sink, which) in zip(batch.sinks, batch.formats) { sink.deliver(copies[Int(which)]) }
                 after?()
             }
         }
@@ -1064,5 +1066,25 @@ public final class Hub: Sendable {
             if let thenLoop { thenLoop.execute(then) } else { then() }
         }
         counters.deliveries.add(count, ordering: .relaxed)
+    }
+}
+
+/// The copies of one event bound for one event loop: the sinks, and which rendering each takes.
+struct DeliveryBatch: Sendable {
+    let loop: any EventLoop
+    let loopID: ObjectIdentifier
+    private(set) var sinks: [any SessionSink] = []
+    private(set) var formats: [UInt8] = []
+
+    init(loop: any EventLoop, loopID: ObjectIdentifier, capacity: Int) {
+        self.loop = loop
+        self.loopID = loopID
+        sinks.reserveCapacity(capacity)
+        formats.reserveCapacity(capacity)
+    }
+
+    mutating func append(_ sink: any SessionSink, _ format: UInt8) {
+        sinks.append(sink)
+        formats.append(format)
     }
 }

@@ -16,6 +16,8 @@ public protocol SessionSink: AnyObject, Sendable {
     func enqueue(_ bytes: ByteBuffer)
     /// Flushes what `enqueue` queued in this loop pass.
     func flushQueued()
+    /// A copy of an event: `enqueue`, then `flushQueued` (one call, as the hub makes it per recipient).
+    func deliver(_ bytes: ByteBuffer)
     /// Sends `finalBytes` (when given), then closes the connection.
     func disconnect(finalBytes: ByteBuffer?)
     /// Whether the sender gets a copy of its own room and direct messages.
@@ -24,6 +26,11 @@ public protocol SessionSink: AnyObject, Sendable {
 
 extension SessionSink {
     public var receivesOwnMessages: Bool { true }
+
+    public func deliver(_ bytes: ByteBuffer) {
+        enqueue(bytes)
+        flushQueued()
+    }
 }
 
 public struct SessionInfo: Sendable, Equatable {
@@ -46,6 +53,9 @@ public final class Session: Sendable {
     /// The address without its port, shown as the host part of a user's mask.
     public let host: String
     let sink: any SessionSink
+    /// The sink's event loop, and its identity: the hub groups a message's copies by loop.
+    let loop: any EventLoop
+    let loopID: ObjectIdentifier
 
     struct State {
         var name: String
@@ -73,6 +83,8 @@ public final class Session: Sendable {
         self.host = Hub.host(of: address)
         self.connectedAt = Date()
         self.sink = sink
+        self.loop = sink.eventLoop
+        self.loopID = ObjectIdentifier(sink.eventLoop)
         self.state = Mutex(State(name: name, user: user))
     }
 

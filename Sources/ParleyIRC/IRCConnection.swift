@@ -1592,16 +1592,18 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         write(context, message)
     }
 
+    /// Through the sink, so that replies stay in order with the hub's messages gathered there.
     private func write(_ context: ChannelHandlerContext, _ message: IRCMessage) {
-        context.write(wrapOutboundOut(ByteBuffer(string: message.serialized() + "\r\n")), promise: nil)
+        guard let sink else { return }
+        sink.enqueue(ByteBuffer(string: message.serialized() + "\r\n"))
         wroteSinceFlush = true
-        sink?.enforceOutboundLimit()
+        sink.enforceOutboundLimit()
     }
 
     private func flushIfNeeded(_ context: ChannelHandlerContext) {
         guard wroteSinceFlush else { return }
         wroteSinceFlush = false
-        context.flush()
+        sink?.flushNow()
     }
 
     private func close(_ context: ChannelHandlerContext, reason: String) {
