@@ -40,6 +40,12 @@ public struct LoadOptions: Sendable {
     public var runID: String?
     /// TCP to the line door, or UDP to the UDP door.
     public var transport: LineTransport = .tcp
+    /// A login storm: every client of the main phase logs into an account made in the setup (none
+    /// registers).
+    public var everyoneLogsIn = false
+    /// A separate client pings the server this often during the main phase (nil: no pinger), to show
+    /// whether the server stays responsive while it checks passwords.
+    public var pingInterval: TimeAmount?
 
     public init(
         host: String = "127.0.0.1",
@@ -150,8 +156,14 @@ public struct LoadReport: Codable, Sendable, Equatable, JSONLineReport {
     public var errorCount: Int
     /// The first few error messages.
     public var errors: [String]
+    /// Round trips of the pinger's pings during the main phase, when it ran.
+    public var pingMs: LatencySummary?
+    /// How many clients registered (the others logged in).
+    public var registering: Int?
 
     enum CodingKeys: String, CodingKey {
+        case pingMs = "ping_ms"
+        case registering
         case runID = "run_id"
         case room
         case clients
@@ -204,7 +216,7 @@ public struct LoadReport: Codable, Sendable, Equatable, JSONLineReport {
     /// The human-readable summary (several lines, no trailing newline).
     public var summary: String {
         var lines: [String] = []
-        let registering = clients / 2
+        let registering = self.registering ?? clients / 2
         lines.append(
             "parley load: run \(runID), \(clients) clients (\(registering) registering, \(clients - registering) logging in), "
                 + "\(messagesPerClient) messages each, room \(room)"
@@ -220,6 +232,10 @@ public struct LoadReport: Codable, Sendable, Equatable, JSONLineReport {
                 "  " + name.padding(10) + pad(fixed(stats.p50, 2), 11) + pad(fixed(stats.p90, 2), 11)
                     + pad(fixed(stats.p99, 2), 11) + pad(fixed(stats.max, 2), 11) + pad(String(stats.count), 9)
             )
+        }
+        if let ping = pingMs {
+            lines.append("  " + "ping".padding(10) + pad(fixed(ping.p50, 2), 11) + pad(fixed(ping.p90, 2), 11)
+                + pad(fixed(ping.p99, 2), 11) + pad(fixed(ping.max, 2), 11) + pad(String(ping.count), 9))
         }
         lines.append("wall time: \(fixed(wallSeconds, 2)) s (setup \(fixed(setupSeconds, 2)) s, main \(fixed(mainSeconds, 2)) s)")
         if !errors.isEmpty {
@@ -279,9 +295,20 @@ public func runLoad(_ options: LoadOptions) async -> LoadReport {
     let setupEnded = ContinuousClock.now
 
     // (b) main: every client at once.
+    var pinger: RunningPinger?
+    var pingerError: String?
+    if let interval = options.pingInterval {
+        do {
+            pinger = try await RunningPinger.start(host: options.host, port: options.port, transport: options.transport,
+                                                   protocolKind: .line, nick: "", interval: interval)
+        } catch {
+            pingerError = "pinger: \(error)"
+        }
+    }
     run.counters.phase.store(LoadPhase.main.rawValue, ordering: .relaxed)
     let outcomes = await run.runClients(setupErrors: setupErrors)
     let ended = ContinuousClock.now
+    let pings = await pinger?.stop()
     run.counters.phase.store(LoadPhase.finished.rawValue, ordering: .relaxed)
 
     if let progressTask {
@@ -290,10 +317,13 @@ public func runLoad(_ options: LoadOptions) async -> LoadReport {
         Console.rawOut("\r\u{1B}[K")
     }
 
-    return makeReport(
-        run: run, outcomes: outcomes, setupErrors: setupErrors,
+    var report = makeReport(
+        run: run, outcomes: outcomes, setupErrors: setupErrors + [pingerError],
         wall: ended - started, setup: setupEnded - started, main: ended - setupEnded
     )
+    report.pingMs = pings?.summary
+    report.registering = run.registering
+    return report
 }
 
 private func makeReport(
@@ -504,7 +534,7 @@ final class LoadRun: Sendable {
     }
 
     /// Clients `0..<registering` register new accounts; the others log into accounts made in the setup.
-    var registering: Int { options.clients / 2 }
+    var registering: Int { options.everyoneLogsIn ? 0 : options.clients / 2 }
     var loggingIn: Int { options.clients - registering }
 
     func setupName(_ index: Int) -> String { "l\(runID)a\(index)" }

@@ -162,21 +162,11 @@ public func runThroughput(_ options: ThroughputOptions) async -> ThroughputRepor
         }
     }
 
-    // The pinger has a thread of its own, so that its round trips show the server's delays and not the
-    // generator's, whose threads are busy counting.
-    var pinger: (LineClient, Pinger)?
-    let pingerThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    var pinger: RunningPinger?
     if let interval = options.pingInterval {
         do {
-            let client = try await LineClient.connect(host: options.host, port: options.port, transport: options.transport, group: pingerThread)
-            if options.protocolKind == .irc {
-                try await registerIRC(client, nick: loadNick("q", runID, 0), timeout: timeout)
-            } else {
-                _ = try await client.expect(timeout: timeout, "WELCOME") { $0.hasPrefix("WELCOME ") }
-            }
-            let handler = Pinger(protocolKind: options.protocolKind, interval: interval, loop: client.eventLoop)
-            try await client.handOver(to: handler)
-            pinger = (client, handler)
+            pinger = try await RunningPinger.start(host: options.host, port: options.port, transport: options.transport,
+                                                   protocolKind: options.protocolKind, nick: loadNick("q", runID, 0), interval: interval)
         } catch {
             errors.append("pinger: \(error)")
         }
@@ -185,7 +175,6 @@ public func runThroughput(_ options: ThroughputOptions) async -> ThroughputRepor
     // Send for the given time; each handler reports what it sent once its last message was acknowledged.
     let cpuBefore = options.serverPID.flatMap(ServerProcess.cpuSeconds)
     let loadCPUBefore = ServerProcess.ownCPUSeconds()
-    pinger?.1.start()
     let stopSending = NIODeadline.now() + .nanoseconds(Int64(options.seconds * 1e9))
     let grace = TimeAmount.nanoseconds(Int64(options.drainSeconds * 1e9))
     let sending = members.map { member in
@@ -210,10 +199,8 @@ public func runThroughput(_ options: ThroughputOptions) async -> ThroughputRepor
     }
     let cpuAfter = options.serverPID.flatMap(ServerProcess.cpuSeconds)
     let loadCPU = ServerProcess.ownCPUSeconds() - loadCPUBefore
-    let pings = await pinger?.1.stop()
+    let pings = await pinger?.stop()
     for member in members { await member.client.close() }
-    await pinger?.0.close()
-    try? await pingerThread.shutdownGracefully()
 
     let sent = outcomes.reduce(0) { $0 + $1.sent }
     let acknowledged = outcomes.reduce(0) { $0 + $1.acknowledged }
@@ -444,89 +431,6 @@ final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
         drained?.fail(LineClientError.closed)
         drained = nil
         context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        context.close(promise: nil)
-    }
-}
-
-/// A client outside the rooms that pings the server every `interval` while the others load it, one
-/// ping at a time: a server whose event loop stalls shows it in these round trips.
-final class Pinger: ChannelInboundHandler, @unchecked Sendable {
-    // @unchecked Sendable: the vars are touched only on `loop` (`start` and `stop` hop there first).
-    typealias InboundIn = ByteBuffer
-
-    private let protocolKind: LoadProtocol
-    private let interval: TimeAmount
-    private let loop: any EventLoop
-    private var context: ChannelHandlerContext?
-    private var partial: [UInt8] = []
-    private var sentAt: UInt64?
-    private var sequence: UInt64 = 0
-    private var running = false
-    private var rounds = LatencyHistogram()
-
-    init(protocolKind: LoadProtocol, interval: TimeAmount, loop: any EventLoop) {
-        self.protocolKind = protocolKind
-        self.interval = interval
-        self.loop = loop
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-
-    func start() {
-        loop.execute { [self] in
-            running = true
-            ping()
-        }
-    }
-
-    /// Stops pinging; gives the round trips, a ping still unanswered counted with its time so far.
-    func stop() async -> LatencyHistogram {
-        (try? await loop.submit { [self] in
-            running = false
-            if let sentAt { rounds.record(microseconds: (NIODeadline.now().uptimeNanoseconds - sentAt) / 1000) }
-            sentAt = nil
-            return rounds
-        }.get()) ?? LatencyHistogram()
-    }
-
-    private func ping() {
-        guard running, let context else { return }
-        sequence += 1
-        sentAt = NIODeadline.now().uptimeNanoseconds
-        let line = protocolKind == .irc ? "PING :\(sequence)\r\n" : "/ping \(sequence)\n"
-        context.writeAndFlush(NIOAny(context.channel.allocator.buffer(string: line)), promise: nil)
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let now = NIODeadline.now().uptimeNanoseconds
-        forEachLine(in: unwrapInboundIn(data), partial: &partial) { line in
-            if protocolKind == .irc, line.starts(with: "PING ".utf8) {
-                var pong = context.channel.allocator.buffer(capacity: line.count + 2)
-                pong.writeString("PONG ")
-                pong.writeBytes(UnsafeRawBufferPointer(rebasing: line[5...]))
-                pong.writeString("\r\n")
-                context.writeAndFlush(NIOAny(pong), promise: nil)
-                return
-            }
-            let isPong = protocolKind == .irc
-                ? line.first == UInt8(ascii: ":") && contains(line, " PONG ")
-                : line.starts(with: "PONG ".utf8)
-            guard isPong, let sentAt, trailingNumber(line) == sequence else { return }
-            rounds.record(microseconds: (now - sentAt) / 1000)
-            self.sentAt = nil
-            loop.scheduleTask(in: interval) { [self] in ping() }
-        }
-    }
-
-    private func contains(_ line: UnsafeRawBufferPointer, _ text: String) -> Bool {
-        let needle = Array(text.utf8)
-        guard line.count >= needle.count else { return false }
-        return (0...(line.count - needle.count)).contains { start in
-            needle.indices.allSatisfy { line[start + $0] == needle[$0] }
-        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

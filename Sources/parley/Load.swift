@@ -32,6 +32,12 @@ struct Load: AsyncParsableCommand {
     @Option(help: "connections: seconds the connections are held once all have registered.")
     var hold = 2.0
 
+    @Flag(help: "course: a login storm; every client logs into an account made beforehand (none registers).")
+    var everyoneLogsIn = false
+
+    @Option(help: "Milliseconds between the pings of a separate client that measures the server's responsiveness during the run (course, rooms, fanout; 0: no pinger).")
+    var pingEvery = 20
+
     @Option(help: "The server's process id, to report its CPU time and memory from /proc.")
     var serverPid: Int32?
 
@@ -83,6 +89,7 @@ struct Load: AsyncParsableCommand {
         }
         if protocolName == "irc" && datagrams.udp { throw ValidationError("--udp carries the line protocol; leave out --protocol irc.") }
         if datagrams.udp && scenario == "connections" { throw ValidationError("--scenario connections runs over TCP; leave out --udp.") }
+        guard pingEvery >= 0, pingEvery <= 60_000 else { throw ValidationError("--ping-every takes 0 (no pinger) to 60000 milliseconds.") }
         guard hold >= 0, hold <= 3600 else { throw ValidationError("--hold must be from 0 to 3600 seconds.") }
         guard rooms >= 1, window >= 1 else { throw ValidationError("--rooms and --window must be at least 1.") }
         guard seconds > 0, seconds <= 3600 else { throw ValidationError("--seconds must be more than 0 and at most 3600.") }
@@ -119,6 +126,7 @@ struct Load: AsyncParsableCommand {
             options.transport = transport
             options.protocolKind = LoadProtocol(rawValue: protocolName) ?? .line
             options.serverPID = serverPid
+            options.pingInterval = pingEvery > 0 ? .milliseconds(Int64(pingEvery)) : nil
             if scenario == "fanout" {
                 options.rooms = 1
                 options.senders = senders
@@ -141,6 +149,8 @@ struct Load: AsyncParsableCommand {
             progress: progress ?? isStandardOutputTerminal()
         )
         options.transport = transport
+        options.everyoneLogsIn = everyoneLogsIn
+        options.pingInterval = pingEvery > 0 ? .milliseconds(Int64(pingEvery)) : nil
         let report = await runLoad(options)
         print(report.summary)
         udpSummary()
