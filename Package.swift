@@ -10,6 +10,10 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "parley", targets: ["parley"]),
+        // For the micro-benchmarks in Benchmarks/, a package of their own.
+        .library(name: "ParleyCore", targets: ["ParleyCore"]),
+        .library(name: "ParleyLine", targets: ["ParleyLine"]),
+        .library(name: "ParleyIRC", targets: ["ParleyIRC"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),

@@ -51,9 +51,15 @@ public final class ChannelSink: SessionSink {
 
     public func enqueue(_ bytes: ByteBuffer) {
         guard !isClosing else { return }
+        // One allocation for a typical pass's worth, rather than a doubling per few copies.
+        if gathered.value.capacity == 0 { gathered.value.reserveCapacity(max(1024, bytes.readableBytes)) }
         gathered.value.writeImmutableBuffer(bytes)
-        if gathered.value.readableBytes >= Self.writeChunk { handOver() }
-        enforceOutboundLimit()
+        // The outbound limit is checked where bytes reach the channel (here, and after each flush), not
+        // per copy: a member of a busy room gets hundreds of copies a pass.
+        if gathered.value.readableBytes >= Self.writeChunk {
+            handOver()
+            enforceOutboundLimit()
+        }
     }
 
     public func deliver(_ bytes: ByteBuffer) {
@@ -108,6 +114,7 @@ public final class ChannelSink: SessionSink {
         guard !isClosing else { return }
         handOver()
         channel.flush()
+        enforceOutboundLimit()
     }
 
     public func disconnect(finalBytes: ByteBuffer?) {

@@ -223,10 +223,17 @@ final class RecentMessages: Sendable {
     }
 }
 
-/// Runs work on one event loop in the order it was submitted, as many items per loop task as have
-/// queued meanwhile. The log's writer thread hands each room's committed messages to the room's queue,
-/// so rooms are fanned out on all the event loops at once while each room keeps its order.
+/// Runs work on one event loop in the order it was submitted, a bounded number of items per loop
+/// pass. The log's writer thread hands each room's committed messages to the room's queue, so rooms
+/// are fanned out on all the event loops at once while each room keeps its order.
+///
+/// The bound is for the loop's other clients: NIO runs every task queued during a pass before it
+/// reads sockets again, so a committed batch of a hundred messages to a thousand members each, run
+/// in one go, would hold every PING on that loop for as long (tens of milliseconds).
 public final class PublishQueue: Sendable {
+    /// Items (a message each, usually) per pass; the rest wait until the loop has read its sockets.
+    static let itemsPerPass = 16
+
     let loop: any EventLoop
     private let state = Mutex<(items: [@Sendable () -> Void], scheduled: Bool)>(([], false))
 
@@ -235,8 +242,12 @@ public final class PublishQueue: Sendable {
     }
 
     public func submit(_ work: @escaping @Sendable () -> Void) {
+        submit([work])
+    }
+
+    public func submit(_ works: [@Sendable () -> Void]) {
         let schedule = state.withLock { state in
-            state.items.append(work)
+            state.items.append(contentsOf: works)
             defer { state.scheduled = true }
             return !state.scheduled
         }
@@ -244,13 +255,15 @@ public final class PublishQueue: Sendable {
     }
 
     private func drain() {
-        let items = state.withLock { state in
-            state.scheduled = false
-            let items = state.items
-            state.items = []
-            return items
+        let (items, more) = state.withLock { state in
+            let items = Array(state.items.prefix(Self.itemsPerPass))
+            state.items.removeFirst(items.count)
+            state.scheduled = !state.items.isEmpty
+            return (items, state.scheduled)
         }
         for item in items { item() }
+        // A deadline just ahead, not `execute`: the pass ends, the loop reads its sockets, then more.
+        if more { loop.scheduleTask(in: .microseconds(1)) { self.drain() } }
     }
 }
 

@@ -1014,7 +1014,8 @@ public final class Hub: Sendable {
         // The event is rendered once per wire format; each loop gets one task with its recipients'
         // sinks and, for each, which rendering it takes. This runs once per copy, so it stays lean.
         var formats: [ObjectIdentifier] = []
-        var rendered: [ByteBuffer?] = []
+        var rendered: [ByteBuffer] = []
+        var renders: [Bool] = []
         var batches: [DeliveryBatch] = []
         var count = 0
 
@@ -1026,9 +1027,11 @@ public final class Hub: Sendable {
             if which < 0 {
                 which = formats.count
                 formats.append(formatID)
-                rendered.append(format.render(event))
+                let bytes = format.render(event)
+                rendered.append(bytes ?? ByteBuffer())
+                renders.append(bytes != nil)
             }
-            guard rendered[which] != nil else { return }
+            guard renders[which] else { return }
             if let index = batches.firstIndex(where: { $0.loopID == session.loopID }) {
                 batches[index].append(sink, UInt8(truncatingIfNeeded: which))
             } else {
@@ -1054,11 +1057,11 @@ public final class Hub: Sendable {
             rideAlong = lastBatch.loopID == ObjectIdentifier(thenLoop)
         }
         // Formats render to at most a handful of variants (IRC capabilities); 256 is far beyond.
-        let copies = rendered.map { $0 ?? ByteBuffer() }
+        let copies = rendered
         for (index, batch) in batches.enumerated() {
             let after = rideAlong && index == batches.count - 1 ? then : nil
             batch.loop.execute {
-                for (sink, which) in zip(batch.sinks, batch.formats) { sink.deliver(copies[Int(which)]) }
+                batch.deliver(copies)
                 after?()
             }
         }
@@ -1086,5 +1089,12 @@ struct DeliveryBatch: Sendable {
     mutating func append(_ sink: any SessionSink, _ format: UInt8) {
         sinks.append(sink)
         formats.append(format)
+    }
+
+    /// Hands each sink its rendering; indexes rather than iterates, so no sink is copied on the way.
+    func deliver(_ copies: [ByteBuffer]) {
+        for index in sinks.indices {
+            sinks[index].deliver(copies[Int(formats[index])])
+        }
     }
 }

@@ -123,11 +123,11 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                 if case .success(let done) = result { touchedRooms.formUnion(done.rooms) }
                 if writes { transactions.add(1, ordering: .relaxed) }
                 let committed = (try? result.get()) != nil
-                // Callbacks bound for a publisher go to it together, one task per publisher per transaction.
+                // Callbacks bound for a publisher go to it together, in one submission per transaction.
                 var forPublishers: [(PublishQueue, [@Sendable (Bool) -> Void])] = []
                 func handOver() {
                     for (publisher, callbacks) in forPublishers {
-                        publisher.submit { for callback in callbacks { callback(committed) } }
+                        publisher.submit(callbacks.map { callback in { callback(committed) } })
                     }
                     forPublishers.removeAll()
                 }
