@@ -44,6 +44,10 @@ if needs ngircd && [ ! -x "$NGIRCD_ROOT/usr/sbin/ngircd" ]; then
     apt-get update -qq
     (cd "$(mktemp -d)" && apt-get download ngircd >/dev/null && dpkg -x ngircd_*.deb "$NGIRCD_ROOT")
 fi
+# The unpacked ngIRCd needs the ident library, which installs beside anything.
+if needs ngircd && ! ldconfig -p | grep -q libident.so.0; then
+    apt-get update -qq && apt-get install -y -qq libident >/dev/null
+fi
 
 load_args() {
     case $1 in
@@ -77,8 +81,8 @@ start_server() {
             for _ in $(seq 100); do grep -q "listening $scheme" "$DATA/server.log" && break; sleep 0.1; done
             PORT=$(grep -o "$scheme://127.0.0.1:[0-9]*" "$DATA/server.log" | head -1 | cut -d: -f3)
             ;;
-        inspircd) PORT=16667; SERVER_PID=$(PEER_CPU=1 "$PEERS/start.sh" inspircd $PORT | tail -1) ;;
-        ngircd)   PORT=16668; SERVER_PID=$(PEER_CPU=1 "$PEERS/start.sh" ngircd $PORT | tail -1) ;;
+        inspircd) PORT=16667; SERVER_PID=$(PEER_CPU=1 "$PEERS/start.sh" inspircd $PORT | tail -1) || SERVER_PID= ;;
+        ngircd)   PORT=16668; SERVER_PID=$(PEER_CPU=1 "$PEERS/start.sh" ngircd $PORT | tail -1) || SERVER_PID= ;;
     esac
 }
 
@@ -86,6 +90,11 @@ for round in $(seq "$ROUNDS"); do
     for scenario in $SCENARIOS; do
         for server in $SERVERS; do
             start_server "$server"
+            if [ -z "$SERVER_PID" ]; then
+                echo "== round $round: $scenario: $server did not start; skipped"
+                echo "{\"server\":\"$server\",\"bench\":\"$scenario\",\"round\":$round,\"report\":null}" >> "$RESULTS"
+                continue
+            fi
             protocol=irc; [ "$server" = parley-line ] && protocol=line
             echo "== round $round: $scenario on $server (port $PORT, pid $SERVER_PID)"
             # shellcheck disable=SC2046

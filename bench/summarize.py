@@ -24,15 +24,16 @@ def median(values):
     return statistics.median(values) if values else None
 
 
-def metrics(reports):
+def metrics(bench, reports):
     ok = [r for r in reports if r]
     failed = len(reports) - sum(1 for r in ok if r.get("error_count", 1) == 0 and r.get("lost", 0) == 0 and r.get("failed", 0) == 0)
-    if ok and ok[0]["scenario"] in THROUGHPUT:
+    if bench.startswith(THROUGHPUT):
         return {
             "deliveries/s": median([r["deliveries_per_second"] for r in ok]),
             "p99 ms": median([r["latency_ms"]["p99"] for r in ok]),
             "ping p99 ms": median([(r.get("ping_ms") or {}).get("p99") for r in ok]),
             "server CPU s": median([r.get("server_cpu_seconds") for r in ok]),
+            "load CPU s": median([r.get("load_cpu_seconds") for r in ok]),
             "lost": sum(r["lost"] for r in ok),
             "failed runs": failed,
         }
@@ -59,9 +60,10 @@ def main():
     benches = list(dict.fromkeys(b for b, _ in runs))
     servers = list(dict.fromkeys(s for _, s in runs))
     for bench in benches:
-        table = {s: metrics(runs[(bench, s)]) for s in servers if (bench, s) in runs}
+        table = {s: metrics(bench, runs[(bench, s)]) for s in servers if (bench, s) in runs}
         columns = list(next(iter(table.values())).keys())
-        print(f"\n### {bench} ({len(next(iter(runs[(bench, s)] for s in table)))} rounds)\n")
+        rounds = max(len(runs[(bench, s)]) for s in table)
+        print(f"\n### {bench} ({rounds} rounds)\n")
         print("| server | " + " | ".join(columns) + " |")
         print("|---|" + "---|" * len(columns))
         for server, row in table.items():

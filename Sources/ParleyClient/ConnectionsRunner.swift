@@ -102,7 +102,7 @@ public func runConnections(_ options: ConnectionsOptions) async -> ConnectionsRe
                     case .line:
                         _ = try await client.expect(timeout: options.timeout, "WELCOME") { $0.hasPrefix("WELCOME ") }
                     case .irc:
-                        try await registerIRC(client, nick: "c\(runID)x\(index)", timeout: options.timeout)
+                        try await registerIRC(client, nick: loadNick("c", runID, index), timeout: options.timeout)
                     }
                     return .success((client, milliseconds(.now - start)))
                 } catch {

@@ -67,6 +67,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     private let hub: Hub
     private let config: IRCDoorConfig
     private let formats: IRCFormats
+    /// The format for this client's capabilities, kept as they change rather than looked up per message.
+    private var renderFormat: IRCFormat
     private var framer = LineFramer(maxLineLength: IRCLimits.maxLineBytes)
     private var sink: ChannelSink?
     private var session: Session?
@@ -111,6 +113,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         self.hub = hub
         self.config = config
         self.formats = formats
+        self.renderFormat = formats.format(IRCRenderOptions())
         self.flood = FloodBucket(burst: config.floodBurst, rate: config.floodRate)
     }
 
@@ -124,7 +127,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
         address = ChannelSink.describe(context.channel.remoteAddress)
         hub.counters.unregisteredConnections.add(1, ordering: .relaxed)
         let serverName = config.serverName
-        sink = ChannelSink(channel: context.channel, format: formats.format(IRCRenderOptions()),
+        sink = ChannelSink(channel: context.channel, format: renderFormat,
                            closeGrace: config.closeGrace, receivesOwnMessages: false) { format in
             format.render(.goodbye(.sendqExceeded))
         }
@@ -464,7 +467,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
 
     private func applyCapabilities() {
         sink?.receivesOwnMessages = capabilities.contains("echo-message")
-        sink?.format = formats.format(IRCRenderOptions(capabilities: capabilities))
+        renderFormat = formats.format(IRCRenderOptions(capabilities: capabilities))
+        sink?.format = renderFormat
     }
 
     private func changeNick(_ params: [String], _ context: ChannelHandlerContext) {
@@ -901,7 +905,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
                 let echoHere = label != nil
                 let joined = try hub.join(session, room: channel, key: index < keys.count ? keys[index] : nil, echo: !echoHere)
                 guard !joined.alreadyMember else { continue }
-                if echoHere, let line = formats.format(IRCRenderOptions(capabilities: capabilities))
+                if echoHere, let line = renderFormat
                     .message(for: .joined(room: joined.name, who: session.speaker)) {
                     send(context, line)
                 }
@@ -960,7 +964,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             if text.hasSuffix("\u{1}") { text.removeLast() }
         }
         for target in targets.split(separator: ",").prefix(4).map(String.init) {
-            if NameRules.key(target) == "nickserv" || NameRules.key(target).hasPrefix("nickserv@") {
+            let targetKey = NameRules.key(target)
+            if targetKey == "nickserv" || targetKey.hasPrefix("nickserv@") {
                 if command == "PRIVMSG" { nickServ(text, context) }
                 continue
             }
@@ -968,7 +973,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             // sends it, once the hub has published the message, instead of the hub.
             let echoLabel = capabilities.contains("echo-message") ? label : nil
             if echoLabel != nil { label = nil }
-            let format = formats.format(IRCRenderOptions(capabilities: capabilities))
+            let format = renderFormat
             do {
                 if target.hasPrefix("#") {
                     try hub.say(session, room: target, text: text, kind: kind, tags: tags, echo: echoLabel == nil,
@@ -1079,7 +1084,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             }
         }
         let hub = self.hub
-        let format = formats.format(IRCRenderOptions(capabilities: capabilities))
+        let format = renderFormat
         let serverName = config.serverName
         let references = parsed
 
