@@ -43,6 +43,7 @@ final class Pinger: ChannelInboundHandler, @unchecked Sendable {
     // @unchecked Sendable: the vars are touched only on `loop` (`start` and `stop` hop there first).
     typealias InboundIn = ByteBuffer
 
+    private static let pongWord = Array(" PONG ".utf8)
     private let protocolKind: LoadProtocol
     private let interval: TimeAmount
     private let loop: any EventLoop
@@ -89,29 +90,14 @@ final class Pinger: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let now = NIODeadline.now().uptimeNanoseconds
         forEachLine(in: unwrapInboundIn(data), partial: &partial) { line in
-            if protocolKind == .irc, line.starts(with: "PING ".utf8) {
-                var pong = context.channel.allocator.buffer(capacity: line.count + 2)
-                pong.writeString("PONG ")
-                pong.writeBytes(UnsafeRawBufferPointer(rebasing: line[5...]))
-                pong.writeString("\r\n")
-                context.writeAndFlush(NIOAny(pong), promise: nil)
-                return
-            }
+            if protocolKind == .irc, answerServerPing(line, context) { return }
             let isPong = protocolKind == .irc
-                ? line.first == UInt8(ascii: ":") && contains(line, " PONG ")
+                ? line.first == UInt8(ascii: ":") && containsBytes(line, Self.pongWord)
                 : line.starts(with: "PONG ".utf8)
             guard isPong, let sentAt, trailingNumber(line) == sequence else { return }
             rounds.record(microseconds: (now - sentAt) / 1000)
             self.sentAt = nil
             loop.scheduleTask(in: interval) { [self] in ping() }
-        }
-    }
-
-    private func contains(_ line: UnsafeRawBufferPointer, _ text: String) -> Bool {
-        let needle = Array(text.utf8)
-        guard line.count >= needle.count else { return false }
-        return (0...(line.count - needle.count)).contains { start in
-            needle.indices.allSatisfy { line[start + $0] == needle[$0] }
         }
     }
 

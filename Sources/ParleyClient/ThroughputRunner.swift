@@ -379,20 +379,14 @@ final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
         guard line.starts(with: "MSG ".utf8) else { return }
         outcome.delivered += 1
         if observes { observe(line, at: now) }
-        if contains(line, marker) { outcome.acknowledged += 1 }
+        if containsBytes(line, marker) { outcome.acknowledged += 1 }
     }
 
     /// An IRC line: `:prefix PRIVMSG ...` is a delivery, `:server PONG server :N` acknowledges the
     /// first N messages, and the server's `PING` is answered.
     private func countIRC(_ line: UnsafeRawBufferPointer, at now: UInt64, context: ChannelHandlerContext) {
         guard line.first == UInt8(ascii: ":") else {
-            if line.starts(with: "PING ".utf8) {
-                var pong = context.channel.allocator.buffer(capacity: line.count + 2)
-                pong.writeString("PONG ")
-                pong.writeBytes(UnsafeRawBufferPointer(rebasing: line[5...]))
-                pong.writeString("\r\n")
-                context.writeAndFlush(NIOAny(pong), promise: nil)
-            }
+            answerServerPing(line, context)
             return
         }
         guard let space = line.firstIndex(of: UInt8(ascii: " ")) else { return }
@@ -409,20 +403,6 @@ final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
     private func observe(_ line: UnsafeRawBufferPointer, at now: UInt64) {
         guard let sentAt = trailingNumber(line), sentAt <= now else { return }
         outcome.latencies.record(microseconds: (now - sentAt) / 1000)
-    }
-
-    private func contains(_ line: UnsafeRawBufferPointer, _ needle: [UInt8]) -> Bool {
-        guard line.count >= needle.count else { return false }
-        var index = 0
-        while index <= line.count - needle.count {
-            if line[index] == needle[0] {
-                var matched = 1
-                while matched < needle.count && line[index + matched] == needle[matched] { matched += 1 }
-                if matched == needle.count { return true }
-            }
-            index += 1
-        }
-        return false
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -462,15 +442,45 @@ func forEachLine(in buffer: ByteBuffer, partial: inout [UInt8], _ body: (UnsafeR
     }
 }
 
-/// The decimal number at the very end of `line`, if it ends with digits.
-func trailingNumber(_ line: UnsafeRawBufferPointer) -> UInt64? {
-    var value: UInt64 = 0
-    var scale: UInt64 = 1
-    var index = line.count - 1
-    while index >= 0, line[index] >= 0x30, line[index] <= 0x39, scale <= 1_000_000_000_000_000_000 {
-        value += UInt64(line[index] - 0x30) * scale
-        scale *= 10
-        index -= 1
+/// Whether `needle` occurs in `line`.
+func containsBytes(_ line: UnsafeRawBufferPointer, _ needle: [UInt8]) -> Bool {
+    guard !needle.isEmpty, line.count >= needle.count else { return false }
+    var index = 0
+    while index <= line.count - needle.count {
+        if line[index] == needle[0] {
+            var matched = 1
+            while matched < needle.count && line[index + matched] == needle[matched] { matched += 1 }
+            if matched == needle.count { return true }
+        }
+        index += 1
     }
-    return index == line.count - 1 ? nil : value
+    return false
+}
+
+/// Answers an IRC server's `PING x` with `PONG x`; false when `line` is not a PING.
+@discardableResult
+func answerServerPing(_ line: UnsafeRawBufferPointer, _ context: ChannelHandlerContext) -> Bool {
+    guard line.starts(with: "PING ".utf8) else { return false }
+    var pong = context.channel.allocator.buffer(capacity: line.count + 2)
+    pong.writeString("PONG ")
+    pong.writeBytes(UnsafeRawBufferPointer(rebasing: line[5...]))
+    pong.writeString("\r\n")
+    context.writeAndFlush(NIOAny(pong), promise: nil)
+    return true
+}
+
+/// The decimal number at the very end of `line`, if it ends with digits (nil when it does not fit
+/// in 64 bits).
+func trailingNumber(_ line: UnsafeRawBufferPointer) -> UInt64? {
+    var start = line.count
+    while start > 0, line[start - 1] >= 0x30, line[start - 1] <= 0x39 { start -= 1 }
+    guard start < line.count else { return nil }
+    var value: UInt64 = 0
+    for index in start..<line.count {
+        let (times10, overflowed) = value.multipliedReportingOverflow(by: 10)
+        let (sum, carried) = times10.addingReportingOverflow(UInt64(line[index] - 0x30))
+        guard !overflowed, !carried else { return nil }
+        value = sum
+    }
+    return value
 }
