@@ -62,6 +62,7 @@ public final class ChannelSink: SessionSink {
         }
     }
 
+    /// As the protocol's default, with direct calls: this runs once per copy of every message.
     public func deliver(_ bytes: ByteBuffer) {
         enqueue(bytes)
         flushQueued()
