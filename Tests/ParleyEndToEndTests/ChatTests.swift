@@ -156,7 +156,9 @@ import Testing
             try await vanishing.sendRaw(Array("half a li".utf8))
             await vanishing.close()
             try await bystander.send("still here")
-            #expect(try await bystander.expect(prefix: "MSG ").hasSuffix(": still here"))
+            // The vanishing client's "half a li" may come first: a partial line is taken as a line
+            // once the quiet period passes, and on a slow machine that can precede the close.
+            _ = try await bystander.expect("the echo of still here") { $0.hasPrefix("MSG ") && $0.hasSuffix(": still here") }
             try await bad.send("me too")
             _ = try await bad.expect("the echo of me too") { $0.hasPrefix("MSG ") && $0.hasSuffix(": me too") }
         }
