@@ -1,4 +1,5 @@
 import ArgumentParser
+import NIOCore
 import ParleyClient
 import ParleyUDP
 
@@ -71,6 +72,9 @@ struct Load: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Show a progress line (default: when standard output is a terminal).")
     var progress: Bool?
 
+    /// `--ping-every` as the runners take it (nil: no pinger).
+    var pingInterval: TimeAmount? { pingEvery > 0 ? .milliseconds(Int64(pingEvery)) : nil }
+
     func validate() throws {
         guard clients >= 1 else { throw ValidationError("--clients must be at least 1.") }
         guard messages >= 0 else { throw ValidationError("--messages cannot be negative.") }
@@ -126,7 +130,7 @@ struct Load: AsyncParsableCommand {
             options.transport = transport
             options.protocolKind = LoadProtocol(rawValue: protocolName) ?? .line
             options.serverPID = serverPid
-            options.pingInterval = pingEvery > 0 ? .milliseconds(Int64(pingEvery)) : nil
+            options.pingInterval = pingInterval
             if scenario == "fanout" {
                 options.rooms = 1
                 options.senders = senders
@@ -150,7 +154,7 @@ struct Load: AsyncParsableCommand {
         )
         options.transport = transport
         options.everyoneLogsIn = everyoneLogsIn
-        options.pingInterval = pingEvery > 0 ? .milliseconds(Int64(pingEvery)) : nil
+        options.pingInterval = pingInterval
         let report = await runLoad(options)
         print(report.summary)
         udpSummary()
