@@ -13,7 +13,9 @@ public struct UDPDoorConfig: Sendable {
     /// Sessions one listener keeps at once; a hello beyond that is refused with an error datagram.
     public var maxSessions = 10_000
     /// How long an ending session waits for its last lines to be acknowledged before it is freed anyway
-    /// (longer than the TCP doors' 2 s: on a lossy path the last lines may need several tries).
+    /// (longer than the TCP doors' 2 s: on a lossy path the last lines may need several tries). It
+    /// waits longer while they have been sent fewer than `LinkConfig.lastLinesTries` times (a slow
+    /// path or a busy machine), but never beyond the idle timeout.
     public var closeGrace = TimeAmount.seconds(4)
 
     public init() {}
@@ -229,7 +231,7 @@ final class UDPDoorHandler: ChannelInboundHandler {
         case .new, .control: break
         }
         deliverInput(peer)
-        if peer.closeDeadline != nil && peer.link.isDrained {
+        if peer.closingSince != nil && peer.link.isDrained {
             finishClosing(peer)
             return
         }
@@ -269,7 +271,10 @@ final class UDPDoorHandler: ChannelInboundHandler {
 
     private func armTimer(_ peer: UDPPeer, now: NIODeadline) {
         var deadline = peer.link.nextDeadline
-        if let closeDeadline = peer.closeDeadline { deadline = min(deadline, closeDeadline) }
+        // A grace period already over is not a deadline: the retransmissions' own deadlines wake the peer.
+        if let closingSince = peer.closingSince, closingSince + config.closeGrace > now {
+            deadline = min(deadline, closingSince + config.closeGrace)
+        }
         if let farewell = peer.farewell { deadline = farewell.next }
         if let armed = peer.timerArmedAt, armed <= deadline, armed > now { return }
         peer.timerArmedAt = deadline
@@ -303,7 +308,7 @@ final class UDPDoorHandler: ChannelInboundHandler {
             free(peer)
             return
         }
-        if let closeDeadline = peer.closeDeadline, peer.link.isDrained || now >= closeDeadline {
+        if let closingSince = peer.closingSince, peer.link.isDrained || lastLinesGivenUp(peer, closingSince: closingSince, now: now) {
             finishClosing(peer)
             flushChannel()
             return
@@ -339,14 +344,23 @@ final class UDPDoorHandler: ChannelInboundHandler {
     /// The hub or the line session ends the session: its last lines go out, then a bye once they are
     /// acknowledged (or after the grace period), then its state is freed.
     func beginClosing(_ peer: UDPPeer, finalBytes: ByteBuffer?) {
-        guard sessions[peer.token] === peer, peer.closeDeadline == nil else { return }
+        guard sessions[peer.token] === peer, peer.closingSince == nil else { return }
         if let finalBytes { peer.link.write(finalBytes) }
-        peer.closeDeadline = .now() + config.closeGrace
+        peer.closingSince = .now()
         flush(peer)
         flushChannel()
     }
 
-    /// The session's last lines are acknowledged (or the grace period is over): it leaves the hub
+    /// An ending session's last lines are not all acknowledged, and the client is taken to be gone or
+    /// not reading: the grace period is over and every line it lacks was sent `lastLinesTries` times
+    /// (on a busy machine or a slow path a time limit alone would drop lines a live client is about
+    /// to get), or the idle timeout has passed since the close began.
+    private func lastLinesGivenUp(_ peer: UDPPeer, closingSince: NIODeadline, now: NIODeadline) -> Bool {
+        if now >= closingSince + max(config.closeGrace, config.link.idleTimeout) { return true }
+        return now >= closingSince + config.closeGrace && peer.link.unacknowledgedSent(atLeast: LinkConfig.lastLinesTries)
+    }
+
+    /// The session's last lines are acknowledged (or the client is taken to be gone): it leaves the hub
     /// now, and the door keeps only enough of it to repeat its `bye` until the client answers.
     private func finishClosing(_ peer: UDPPeer) {
         leaveHub(peer)
@@ -394,8 +408,8 @@ final class UDPPeer {
     var line: LineSession?
     // Set right after init, before the peer is reachable from anywhere else.
     var sink: UDPSessionSink!
-    /// Set when the session is ending: by then its last lines should be acknowledged.
-    var closeDeadline: NIODeadline?
+    /// When the session began ending: its last lines are on their way.
+    var closingSince: NIODeadline?
     var timerArmedAt: NIODeadline?
     var timer: Scheduled<Void>?
     var flushPending = false

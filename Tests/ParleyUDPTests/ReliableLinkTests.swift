@@ -187,6 +187,27 @@ private func lines(_ range: ClosedRange<Int>, _ prefix: String) -> String {
         #expect(sender.nextDeadline > now)
     }
 
+    /// What a closing server asks before it gives up on a client's last lines: has every datagram the
+    /// client lacks been tried often enough? Datagrams the client holds but has not taken count as tried.
+    @Test func transmissionsAreCountedUntilThePeerHoldsTheDatagram() {
+        var (sender, _) = senderWithFiveDatagramsOut()
+        #expect(sender.unacknowledgedSent(atLeast: 1))
+        #expect(!sender.unacknowledgedSent(atLeast: 2))
+        var now = NIODeadline.uptimeNanoseconds(0)
+        var packets: [Packet] = []
+        for _ in 1...3 {
+            now = sender.nextDeadline
+            sender.collect(now: now, into: &packets)
+        }
+        #expect(sender.unacknowledgedSent(atLeast: 4))
+        #expect(!sender.unacknowledgedSent(atLeast: 5))
+        // The peer holds 2 to 5 (a reader that stopped taking): only 1 still counts.
+        _ = sender.receive(Packet(.ack, token: 1, ack: 0, sack: 0b11110), now: now)
+        #expect(!sender.unacknowledgedSent(atLeast: 5))
+        _ = sender.receive(Packet(.ack, token: 1, ack: 1, sack: 0b1111), now: now)
+        #expect(sender.unacknowledgedSent(atLeast: 100))
+    }
+
     @Test func repeatedControlDatagramsBackOffToTheirCap() {
         let config = LinkConfig()
         let hello = (1...4).map { config.retryInterval(after: $0, cap: config.maximumTimeout).nanoseconds / 1_000_000 }
