@@ -41,7 +41,11 @@ public final class ChannelSink: SessionSink {
     public var eventLoop: any EventLoop { channel.eventLoop }
     public var format: any WireFormat {
         get { currentFormat.withLock { $0 } }
-        set { currentFormat.withLock { $0 = newValue } }
+        set {
+            currentFormat.withLock { $0 = newValue }
+            // After the store: a plan built from the old format sees the new epoch and is rebuilt.
+            FormatEpoch.changed()
+        }
     }
     public var receivesOwnMessages: Bool {
         get { wantsOwnMessages.load(ordering: .relaxed) }

@@ -61,7 +61,11 @@ final class Room: Sendable {
     /// The newest published messages, replayed to joiners; shared with the next room of that name.
     let recent: RecentMessages
     struct State {
-        var members: [Session] = []
+        var members: [Session] = [] {
+            didSet { plan = nil }
+        }
+        /// The members grouped for a message's fan-out; made again after the membership changed.
+        var plan: FanOutPlan?
         /// Modes, topic, operators (whoever joins an empty room becomes one), voices, bans.
         var settings = RoomSettings()
         var sequence: UInt64 = 0
@@ -550,8 +554,7 @@ public final class Hub: Sendable {
             } else {
                 // Tag-only messages (typing notices, reactions) are not history: published at once.
                 if kind != .tagOnly { room.recent.append(message) }
-                deliver(.message(message), to: state.members, last: session, deliverLast: echo,
-                        then: completion(then, message))
+                deliverToRoom(.message(message), &state, sender: session, echo: echo, then: completion(then, message))
             }
             return message
         }
@@ -577,7 +580,7 @@ public final class Hub: Sendable {
             let published = room.state.withLock { state -> Bool in
                 if state.closed { return false }
                 room.recent.append(message)
-                deliver(.message(message), to: state.members, last: sender, deliverLast: echo, then: after)
+                deliverToRoom(.message(message), &state, sender: sender, echo: echo, then: after)
                 return true
             }
             if published { return }
@@ -1006,6 +1009,35 @@ public final class Hub: Sendable {
 
     // MARK: Fan-out
 
+    /// A room message to every member, through the room's fan-out plan: the sender's copy (its
+    /// acknowledgement) comes after every other member's, and `then` after that, on the sender's loop.
+    /// A sender outside the room (a room without +n) takes the general path.
+    func deliverToRoom(_ event: HubEvent, _ state: inout Room.State, sender: Session, echo: Bool,
+                       then: (@Sendable () -> Void)?) {
+        let plan = FanOutPlan.current(for: &state)
+        guard plan.includes(sender) else {
+            deliver(event, to: state.members, last: sender, deliverLast: echo, then: then)
+            return
+        }
+        let copies = plan.formats.map { $0.render(event) }
+        let echoCopy = echo && sender.receivesOwnMessages
+        let senderSink = sender.sink
+        var count = 0
+        for (which, copy) in copies.enumerated() where copy != nil { count += plan.membersPerFormat[which] }
+        if !echoCopy, let which = plan.formatIndex(of: senderSink), copies[which] != nil { count -= 1 }
+        // The sender's loop goes last, so its echo is submitted after every other copy.
+        for batch in plan.batches where batch.loopID != sender.loopID {
+            batch.loop.execute { batch.deliver(copies, except: senderSink, echo: false) }
+        }
+        for batch in plan.batches where batch.loopID == sender.loopID {
+            batch.loop.execute {
+                batch.deliver(copies, except: senderSink, echo: echoCopy)
+                then?()
+            }
+        }
+        counters.deliveries.add(count, ordering: .relaxed)
+    }
+
     /// Hands an event to recipients: rendered once per wire format, one task per event loop,
     /// each recipient flushed once. `last`, when given, is handed its copy after everyone else.
     /// `then` runs after all of it, on the loop of `last` (or of the only recipient).
@@ -1097,4 +1129,85 @@ struct DeliveryBatch: Sendable {
             sinks[index].deliver(copies[Int(formats[index])])
         }
     }
+
+    /// A planned room message: every sink but the sender's gets its rendering (none when its format
+    /// renders nothing); the sender's comes last, when `echo`.
+    func deliver(_ copies: [ByteBuffer?], except sender: any SessionSink, echo: Bool) {
+        var senderCopy: ByteBuffer?
+        for index in sinks.indices {
+            guard let copy = copies[Int(formats[index])] else { continue }
+            if sinks[index] === sender {
+                senderCopy = copy
+            } else {
+                sinks[index].deliver(copy)
+            }
+        }
+        if echo, let senderCopy { sender.deliver(senderCopy) }
+    }
+}
+
+/// A room's members grouped for a message's fan-out: one batch per event loop, each member with the
+/// index of its wire format. Made on the first message after the membership changed (or after any
+/// connection's format did), so that each copy of a message costs a step through an array rather
+/// than a format lookup, a batch search and an append.
+struct FanOutPlan: Sendable {
+    let epoch: UInt64
+    let formats: [any WireFormat]
+    let membersPerFormat: [Int]
+    let batches: [DeliveryBatch]
+    private let members: Set<ObjectIdentifier>
+
+    /// The room's plan, made again when missing or when a format changed since it was made.
+    static func current(for state: inout Room.State) -> FanOutPlan {
+        // Read before the formats: a format changed meanwhile moves the epoch past this one.
+        let epoch = FormatEpoch.current
+        if let plan = state.plan, plan.epoch == epoch { return plan }
+        let plan = FanOutPlan(members: state.members, epoch: epoch)
+        state.plan = plan
+        return plan
+    }
+
+    private init(members sessions: [Session], epoch: UInt64) {
+        var formats: [any WireFormat] = []
+        var formatIDs: [ObjectIdentifier] = []
+        var membersPerFormat: [Int] = []
+        var batches: [DeliveryBatch] = []
+        for session in sessions {
+            let format = session.sink.format
+            var which = formatIDs.firstIndex(of: ObjectIdentifier(format)) ?? -1
+            if which < 0 {
+                which = formats.count
+                formats.append(format)
+                formatIDs.append(ObjectIdentifier(format))
+                membersPerFormat.append(0)
+            }
+            membersPerFormat[which] += 1
+            if let index = batches.firstIndex(where: { $0.loopID == session.loopID }) {
+                batches[index].append(session.sink, UInt8(truncatingIfNeeded: which))
+            } else {
+                batches.append(DeliveryBatch(loop: session.loop, loopID: session.loopID, capacity: sessions.count))
+                batches[batches.count - 1].append(session.sink, UInt8(truncatingIfNeeded: which))
+            }
+        }
+        self.epoch = epoch
+        self.formats = formats
+        self.membersPerFormat = membersPerFormat
+        self.batches = batches
+        self.members = Set(sessions.map(ObjectIdentifier.init))
+    }
+
+    func includes(_ session: Session) -> Bool { members.contains(ObjectIdentifier(session)) }
+
+    func formatIndex(of sink: any SessionSink) -> Int? {
+        let id = ObjectIdentifier(sink.format)
+        return formats.firstIndex { ObjectIdentifier($0) == id }
+    }
+}
+
+/// Moves whenever a connection's wire format changes (an IRC client's capabilities), so that fan-out
+/// plans made with the old format are made again.
+public enum FormatEpoch {
+    private static let counter = Atomic<UInt64>(0)
+    static var current: UInt64 { counter.load(ordering: .acquiring) }
+    public static func changed() { counter.add(1, ordering: .releasing) }
 }

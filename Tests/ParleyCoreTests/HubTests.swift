@@ -8,9 +8,11 @@ import Testing
 /// A wire format that keeps the events themselves, so tests see what each session was handed.
 final class EventFormat: WireFormat {
     let renders = Atomic<Int>(0)
+    let prefix: String
+    init(prefix: String = "") { self.prefix = prefix }
     func render(_ event: HubEvent) -> ByteBuffer? {
         renders.add(1, ordering: .relaxed)
-        return ByteBuffer(string: "\(event)")
+        return ByteBuffer(string: prefix + "\(event)")
     }
 }
 
@@ -19,15 +21,20 @@ final class RecordingSink: SessionSink {
     let received = Mutex<[String]>([])
     let flushes = Atomic<Int>(0)
     let closed = Atomic<Bool>(false)
-    let eventFormat: EventFormat
+    let eventFormat: Mutex<EventFormat>
     let receivesOwnMessages: Bool
     init(loop: EmbeddedEventLoop, format: EventFormat, receivesOwnMessages: Bool = true) {
         self.loop = loop
-        self.eventFormat = format
+        self.eventFormat = Mutex(format)
         self.receivesOwnMessages = receivesOwnMessages
     }
     var eventLoop: any EventLoop { loop }
-    var format: any WireFormat { eventFormat }
+    var format: any WireFormat { eventFormat.withLock { $0 } }
+    /// As a door does when its client's capabilities change.
+    func switchFormat(to format: EventFormat) {
+        eventFormat.withLock { $0 = format }
+        FormatEpoch.changed()
+    }
     func enqueue(_ bytes: ByteBuffer) { received.withLock { $0.append(String(buffer: bytes)) } }
     func flushQueued() { flushes.add(1, ordering: .relaxed) }
     func disconnect(finalBytes: ByteBuffer?) {
@@ -105,6 +112,47 @@ struct PlainHasher: PasswordHasher {
         #expect(format.renders.load(ordering: .relaxed) - rendersBefore == 1)
         #expect(hub.counters.messagesRelayed.load(ordering: .relaxed) == 1)
         _ = c
+    }
+
+    /// Room messages go out through a plan made from the membership; it must follow joins, parts and a
+    /// member's change of format, and a speaker from outside the room (no +n) still gets its echo.
+    @Test func roomMessagesFollowJoinsPartsAndFormatChanges() throws {
+        let hub = makeHub()
+        let (a, sinkA) = connect(hub)
+        let (b, sinkB) = connect(hub)
+        let (c, sinkC) = connect(hub)
+        try hub.join(a, room: "#dev")
+        try hub.join(b, room: "#dev")
+        try hub.say(a, room: "#dev", text: "one")
+        try hub.join(c, room: "#dev")
+        try hub.say(a, room: "#dev", text: "two")
+        loop.run()
+        // (C's join replays "one" as history, not as a message.)
+        #expect(sinkC.lines.filter { $0.hasPrefix("message(") && $0.contains("text: \"one\"") }.isEmpty)
+        #expect(sinkC.lines.last?.contains("text: \"two\"") == true)
+
+        let tagged = EventFormat(prefix: "v2 ")
+        sinkB.switchFormat(to: tagged)
+        try hub.say(a, room: "#dev", text: "three")
+        loop.run()
+        #expect(sinkB.lines.last?.hasPrefix("v2 ") == true && sinkB.lines.last?.contains("text: \"three\"") == true)
+        #expect(sinkA.lines.last?.hasPrefix("v2 ") == false && sinkA.lines.last?.contains("text: \"three\"") == true)
+
+        try hub.part(b, room: "#dev")
+        let deliveriesBefore = hub.counters.deliveries.load(ordering: .relaxed)
+        try hub.say(c, room: "#dev", text: "four")
+        loop.run()
+        #expect(sinkB.lines.last?.contains("text: \"four\"") == false)
+        #expect(sinkA.lines.last?.contains("text: \"four\"") == true)
+        #expect(sinkC.lines.last?.contains("text: \"four\"") == true)
+        #expect(hub.counters.deliveries.load(ordering: .relaxed) - deliveriesBefore == 2)
+
+        // B is outside the room now; with -n it may still speak there, and gets its echo.
+        _ = try hub.changeModes(a, room: "#dev", [ModeChange(false, .noExternal)])
+        try hub.say(b, room: "#dev", text: "five")
+        loop.run()
+        #expect(sinkB.lines.last?.contains("text: \"five\"") == true)
+        #expect(sinkA.lines.last?.contains("text: \"five\"") == true)
     }
 
     @Test func aSessionMayAskNotToGetItsOwnMessagesBack() throws {
