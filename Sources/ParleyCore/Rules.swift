@@ -65,6 +65,21 @@ public enum NameRules {
     /// Message text with control characters (other than tab) removed, so no door can be
     /// tricked into splitting a line; nil when nothing printable is left.
     public static func cleanText(_ text: String) -> String? {
+        // Control characters are all ASCII, so one pass over the bytes finds them. Most messages have
+        // none and a visible ASCII character: those are returned as they are, with no new string.
+        var hasControl = false
+        var hasVisibleASCII = false
+        for byte in text.utf8 {
+            if (byte < 0x20 && byte != 0x09) || byte == 0x7F {
+                hasControl = true
+                break
+            }
+            if byte > 0x20 && byte < 0x7F { hasVisibleASCII = true }
+        }
+        if !hasControl {
+            if hasVisibleASCII { return text }
+            return text.allSatisfy({ $0.isWhitespace }) ? nil : text
+        }
         var scalars = String.UnicodeScalarView()
         for scalar in text.unicodeScalars where scalar == "\t" || !(scalar.value < 0x20 || scalar.value == 0x7F) {
             scalars.append(scalar)

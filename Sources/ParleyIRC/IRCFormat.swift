@@ -44,10 +44,18 @@ public final class IRCFormat: WireFormat {
         if case .history(let room, let messages) = event {
             let lines = replay(room: room, messages)
             guard !lines.isEmpty else { return nil }
-            return ByteBuffer(string: lines.map { $0.serialized() + "\r\n" }.joined())
+            var buffer = ByteBuffer()
+            for line in lines {
+                line.write(to: &buffer)
+                buffer.writeStaticString("\r\n")
+            }
+            return buffer
         }
         guard let message = message(for: event) else { return nil }
-        return ByteBuffer(string: message.serialized() + "\r\n")
+        var buffer = ByteBuffer()
+        message.write(to: &buffer)
+        buffer.writeStaticString("\r\n")
+        return buffer
     }
 
     /// A room's recent messages for a client that just joined and does not fetch history itself: in a

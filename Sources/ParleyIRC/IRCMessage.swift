@@ -1,5 +1,8 @@
+import NIOCore
+
 /// One IRC message (modern.ircdocs.horse, IRCv3 message-tags): `[@tags] [:source] COMMAND [params]`.
-/// Pure value type: no NIO, no hub; the door and its tests share it.
+/// Pure value type: no channel, no hub (only NIO's ByteBuffer, to serialize into); the door and its
+/// tests share it.
 public struct IRCMessage: Equatable, Sendable, CustomStringConvertible {
     public struct Tag: Equatable, Sendable {
         public var key: String
@@ -148,31 +151,47 @@ public struct IRCMessage: Equatable, Sendable, CustomStringConvertible {
     /// The wire form without CRLF. The last parameter gets a ':' when it needs one (empty, has a
     /// space, or starts with ':'); earlier parameters must not need one.
     public func serialized() -> String {
-        var line = ""
+        var buffer = ByteBuffer()
+        write(to: &buffer)
+        return String(buffer: buffer)
+    }
+
+    /// Writes the line (without its CRLF) straight into `buffer`: rendering a message for a room is
+    /// this once per format, so it makes no intermediate strings.
+    public func write(to buffer: inout ByteBuffer) {
         if !tags.isEmpty {
-            line += "@"
-            line += tags.map { tag in
-                guard let value = tag.value, !value.isEmpty else { return tag.key }
-                return tag.key + "=" + Self.escapeTagValue(value)
-            }.joined(separator: ";")
-            line += " "
+            buffer.writeInteger(UInt8(ascii: "@"))
+            for (index, tag) in tags.enumerated() {
+                if index > 0 { buffer.writeInteger(UInt8(ascii: ";")) }
+                buffer.writeString(tag.key)
+                if let value = tag.value, !value.isEmpty {
+                    buffer.writeInteger(UInt8(ascii: "="))
+                    buffer.writeString(Self.escapeTagValue(value))
+                }
+            }
+            buffer.writeInteger(UInt8(ascii: " "))
         }
         if let source {
-            line += ":" + source + " "
+            buffer.writeInteger(UInt8(ascii: ":"))
+            buffer.writeString(source)
+            buffer.writeInteger(UInt8(ascii: " "))
         }
-        line += command
-        for (index, rawParam) in params.enumerated() {
-            // A CR, LF or NUL inside a parameter would end or corrupt the line for the reader.
-            let param = rawParam.unicodeScalars.contains(where: { $0 == "\r" || $0 == "\n" || $0 == "\0" })
-                ? String(String.UnicodeScalarView(rawParam.unicodeScalars.map { ($0 == "\r" || $0 == "\n" || $0 == "\0") ? " " : $0 }))
-                : rawParam
-            line += " "
-            if index == params.count - 1 && (param.isEmpty || param.unicodeScalars.first == ":" || param.unicodeScalars.contains(" ")) {
-                line += ":"
+        buffer.writeString(command)
+        for (index, param) in params.enumerated() {
+            buffer.writeInteger(UInt8(ascii: " "))
+            // A CR, LF or NUL inside a parameter would end or corrupt the line for the reader: each
+            // becomes a space (all three are ASCII, so the bytes tell).
+            let breaksLine = param.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0 }
+            if index == params.count - 1
+                && (param.isEmpty || param.utf8.first == UInt8(ascii: ":") || breaksLine || param.utf8.contains(UInt8(ascii: " "))) {
+                buffer.writeInteger(UInt8(ascii: ":"))
             }
-            line += param
+            if breaksLine {
+                buffer.writeBytes(param.utf8.map { $0 == 0x0D || $0 == 0x0A || $0 == 0 ? UInt8(ascii: " ") : $0 })
+            } else {
+                buffer.writeString(param)
+            }
         }
-        return line
     }
 
     /// Byte length of the part that the 512-byte limit applies to (everything but the tags), with CRLF.

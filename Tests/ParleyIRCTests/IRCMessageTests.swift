@@ -35,6 +35,8 @@ import Testing
 
     @Test func lineBreaksInsideParametersCannotSplitTheLine() {
         #expect(IRCMessage("PART", ["#a", "bye\r\n:evil PRIVMSG #a :x\0"]).serialized() == "PART #a :bye  :evil PRIVMSG #a :x ")
+        // The space a CR becomes makes the parameter a trailing one.
+        #expect(IRCMessage("PRIVMSG", ["#a", "a\rb"]).serialized() == "PRIVMSG #a :a b")
     }
 
     @Test func serializesWithATrailingColonOnlyWhenNeeded() {
