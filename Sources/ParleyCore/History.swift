@@ -232,10 +232,13 @@ final class RecentMessages: Sendable {
 /// in one go, would hold every PING on that loop for as long (tens of milliseconds).
 public final class PublishQueue: Sendable {
     /// Items (a message each, usually) per pass; the rest wait until the loop has read its sockets.
-    static let itemsPerPass = 16
+    /// Each pass ends in one write per member, so more messages a pass means fewer writes a message:
+    /// 64 against 16 gave 15% more deliveries in fanout with no slower PING (docs/benchmarks.md).
+    static let itemsPerPass = 64
 
     let loop: any EventLoop
-    private let state = Mutex<(items: [@Sendable () -> Void], scheduled: Bool)>(([], false))
+    /// A ring, so taking a pass's items from the front of a long backlog moves nothing.
+    private let state = Mutex<(items: CircularBuffer<@Sendable () -> Void>, scheduled: Bool)>((CircularBuffer(), false))
 
     init(loop: any EventLoop) {
         self.loop = loop
@@ -255,11 +258,12 @@ public final class PublishQueue: Sendable {
     }
 
     private func drain() {
-        let (items, more) = state.withLock { state in
-            let items = Array(state.items.prefix(Self.itemsPerPass))
-            state.items.removeFirst(items.count)
+        var items: [@Sendable () -> Void] = []
+        items.reserveCapacity(Self.itemsPerPass)
+        let more = state.withLock { state in
+            while items.count < Self.itemsPerPass, let item = state.items.popFirst() { items.append(item) }
             state.scheduled = !state.items.isEmpty
-            return (items, state.scheduled)
+            return state.scheduled
         }
         for item in items { item() }
         // A deadline just ahead, not `execute`: the pass ends, the loop reads its sockets, then more.
