@@ -1052,8 +1052,7 @@ public final class Hub: Sendable {
         var count = 0
 
         func add(_ session: Session) {
-            let sink = session.sink
-            let format = sink.format
+            let format = session.sink.format
             let formatID = ObjectIdentifier(format)
             var which = formats.firstIndex(of: formatID) ?? -1
             if which < 0 {
@@ -1064,12 +1063,7 @@ public final class Hub: Sendable {
                 renders.append(bytes != nil)
             }
             guard renders[which] else { return }
-            if let index = batches.firstIndex(where: { $0.loopID == session.loopID }) {
-                batches[index].append(sink, UInt8(truncatingIfNeeded: which))
-            } else {
-                batches.append(DeliveryBatch(loop: session.loop, loopID: session.loopID, capacity: recipients.count))
-                batches[batches.count - 1].append(sink, UInt8(truncatingIfNeeded: which))
-            }
+            DeliveryBatch.add(session, format: which, to: &batches, capacity: recipients.count)
             count += 1
         }
 
@@ -1121,6 +1115,18 @@ struct DeliveryBatch: Sendable {
     mutating func append(_ sink: any SessionSink, _ format: UInt8) {
         sinks.append(sink)
         formats.append(format)
+    }
+
+    /// Puts a session's sink, with the index of its rendering, into the batch of its loop (made when
+    /// it is the first of that loop; `capacity` is how many sinks a batch may come to hold).
+    static func add(_ session: Session, format: Int, to batches: inout [DeliveryBatch], capacity: Int) {
+        let format = UInt8(truncatingIfNeeded: format)
+        if let index = batches.firstIndex(where: { $0.loopID == session.loopID }) {
+            batches[index].append(session.sink, format)
+        } else {
+            batches.append(DeliveryBatch(loop: session.loop, loopID: session.loopID, capacity: capacity))
+            batches[batches.count - 1].append(session.sink, format)
+        }
     }
 
     /// Hands each sink its rendering; indexes rather than iterates, so no sink is copied on the way.
@@ -1182,12 +1188,7 @@ struct FanOutPlan: Sendable {
                 membersPerFormat.append(0)
             }
             membersPerFormat[which] += 1
-            if let index = batches.firstIndex(where: { $0.loopID == session.loopID }) {
-                batches[index].append(session.sink, UInt8(truncatingIfNeeded: which))
-            } else {
-                batches.append(DeliveryBatch(loop: session.loop, loopID: session.loopID, capacity: sessions.count))
-                batches[batches.count - 1].append(session.sink, UInt8(truncatingIfNeeded: which))
-            }
+            DeliveryBatch.add(session, format: which, to: &batches, capacity: sessions.count)
         }
         self.epoch = epoch
         self.formats = formats
