@@ -76,15 +76,10 @@ public enum NameRules {
             }
             if byte > 0x20 && byte < 0x7F { hasVisibleASCII = true }
         }
-        if !hasControl {
-            if hasVisibleASCII { return text }
-            return text.allSatisfy({ $0.isWhitespace }) ? nil : text
-        }
-        var scalars = String.UnicodeScalarView()
-        for scalar in text.unicodeScalars where scalar == "\t" || !(scalar.value < 0x20 || scalar.value == 0x7F) {
-            scalars.append(scalar)
-        }
-        let cleaned = String(scalars)
+        if !hasControl && hasVisibleASCII { return text }
+        let cleaned = hasControl ? String(String.UnicodeScalarView(text.unicodeScalars.filter {
+            $0 == "\t" || !($0.value < 0x20 || $0.value == 0x7F)
+        })) : text
         return cleaned.allSatisfy({ $0.isWhitespace }) ? nil : cleaned
     }
 
