@@ -57,16 +57,37 @@ enum IRCCapabilities {
     }
 }
 
+/// What every connection of one IRC door shares: its configuration, its formats, and the timer that
+/// runs each connection's keep-alive and registration timeout. Shared rather than copied into each
+/// connection, so that an idle connection stays small.
+public final class IRCDoor: Sendable {
+    public let config: IRCDoorConfig
+    let formats: IRCFormats
+    let sweeper: ConnectionSweeper<IRCConnectionHandler>
+
+    public init(config: IRCDoorConfig) {
+        self.config = config
+        self.formats = IRCFormats(serverName: config.serverName)
+        // Fine enough for both timeouts, and no busier than once a second.
+        let shortest = min(config.pingInterval, config.registrationTimeout)
+        self.sweeper = ConnectionSweeper(period: max(.milliseconds(10), min(.seconds(1), .nanoseconds(shortest.nanoseconds / 4))))
+    }
+
+    /// Connections the keep-alive timer visits now (for tests).
+    public var sweptConnections: Int { sweeper.count }
+}
+
 /// One IRC connection: framing, registration (CAP, PASS, NICK, USER), commands, keep-alive. Its state
 /// lives on the channel's event loop; it reaches other users only through the hub.
-public final class IRCConnectionHandler: ChannelDuplexHandler {
+public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
     public typealias InboundIn = ByteBuffer
     public typealias OutboundIn = ByteBuffer
     public typealias OutboundOut = ByteBuffer
 
     private let hub: Hub
-    private let config: IRCDoorConfig
-    private let formats: IRCFormats
+    private let door: IRCDoor
+    private var config: IRCDoorConfig { door.config }
+    private var formats: IRCFormats { door.formats }
     /// The format for this client's capabilities, kept as they change rather than looked up per message.
     private var renderFormat: IRCFormat
     private var framer = LineFramer(maxLineLength: IRCLimits.maxLineBytes)
@@ -81,7 +102,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     private var password: String?
     private var capNegotiating = false
     private var capabilities: Set<String> = []
-    private var registrationTimer: Scheduled<Void>?
+    /// A connection still unregistered then is closed (the sweeper checks).
+    private var registrationDeadline: NIODeadline?
     /// The account a client logged in to (SASL, REGISTER) before its registration completed.
     private var preAccount: String?
     /// SASL PLAIN in progress: the base64 received so far (clients send it in 400-byte pieces).
@@ -102,19 +124,22 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     private var wroteSinceFlush = false
     private var heardSinceLastCheck = true
     private var pingOutstanding = false
-    private var keepAlive: RepeatedTask?
+    /// When the sweeper next checks that the client is alive.
+    private var nextAliveCheck = NIODeadline.distantFuture
+    /// Set while the connection is active, for the sweeper's visits; cleared when it closes.
+    private var activeContext: ChannelHandlerContext?
+    public var sweepSlot = -1
     /// Chat messages this client sent that the hub has not published yet (they are being stored).
     private var unpublished = 0
     /// A command that came while `unpublished` > 0: it waits, so that its replies do not overtake
     /// the echoes and errors of the messages before it.
     private var heldCommand: IRCMessage?
 
-    public init(hub: Hub, config: IRCDoorConfig, formats: IRCFormats) {
+    public init(hub: Hub, door: IRCDoor) {
         self.hub = hub
-        self.config = config
-        self.formats = formats
-        self.renderFormat = formats.format(IRCRenderOptions())
-        self.flood = FloodBucket(burst: config.floodBurst, rate: config.floodRate)
+        self.door = door
+        self.renderFormat = door.formats.format(IRCRenderOptions())
+        self.flood = FloodBucket(burst: door.config.floodBurst, rate: door.config.floodRate)
     }
 
     private var paused: Bool { pendingWork > 0 || floodPaused }
@@ -126,30 +151,38 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
     public func channelActive(context: ChannelHandlerContext) {
         address = ChannelSink.describe(context.channel.remoteAddress)
         hub.counters.unregisteredConnections.add(1, ordering: .relaxed)
-        let serverName = config.serverName
         sink = ChannelSink(channel: context.channel, format: renderFormat,
                            closeGrace: config.closeGrace, receivesOwnMessages: false) { format in
             format.render(.goodbye(.sendqExceeded))
         }
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        registrationTimer = context.eventLoop.scheduleTask(in: config.registrationTimeout) {
-            let (handler, context) = bound.value
-            guard handler.session == nil else { return }
-            handler.close(context, reason: "Registration timed out (\(serverName))")
-        }
-        keepAlive = context.eventLoop.scheduleRepeatedTask(initialDelay: config.pingInterval, delay: config.pingInterval) { _ in
-            let (handler, context) = bound.value
-            handler.checkAlive(context)
-        }
+        let now = NIODeadline.now()
+        registrationDeadline = now + config.registrationTimeout
+        nextAliveCheck = now + config.pingInterval
+        activeContext = context
+        door.sweeper.add(self, on: context.eventLoop)
         context.fireChannelActive()
+    }
+
+    /// The sweeper's visit: the registration timeout, then the keep-alive.
+    public func sweep(now: NIODeadline) {
+        guard let context = activeContext else { return }
+        if let registrationDeadline, now >= registrationDeadline, session == nil {
+            close(context, reason: "Registration timed out (\(config.serverName))")
+            return
+        }
+        if now >= nextAliveCheck {
+            nextAliveCheck = now + config.pingInterval
+            checkAlive(context)
+        }
     }
 
     public func channelInactive(context: ChannelHandlerContext) {
         if session == nil { hub.counters.unregisteredConnections.subtract(1, ordering: .relaxed) }
         sink?.markClosed()
-        registrationTimer?.cancel()
         graceTimer?.cancel()
-        keepAlive?.cancel()
+        door.sweeper.remove(self, on: context.eventLoop)
+        // The context refers to this handler: letting go of it ends the cycle.
+        activeContext = nil
         if let session { hub.disconnect(session) }
         context.fireChannelInactive()
     }
@@ -182,7 +215,10 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
 
     private func checkAlive(_ context: ChannelHandlerContext) {
         if pingOutstanding && !heardSinceLastCheck {
-            close(context, reason: "Ping timeout: \(config.pingInterval.nanoseconds / 1_000_000_000) seconds")
+            let interval = config.pingInterval.nanoseconds
+            let seconds = interval / 1_000_000_000
+            let said = interval % 1_000_000_000 != 0 ? "\(interval / 1_000_000) ms" : seconds == 1 ? "1 second" : "\(seconds) seconds"
+            close(context, reason: "Ping timeout: \(said)")
             return
         }
         if !heardSinceLastCheck {
@@ -568,7 +604,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler {
             close(context, reason: error.message)
             return
         }
-        registrationTimer?.cancel()
+        registrationDeadline = nil
         hub.counters.unregisteredConnections.subtract(1, ordering: .relaxed)
         welcome(context)
         if case .reservedNick = outcome { startGracePeriod(context) }

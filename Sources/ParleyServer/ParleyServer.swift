@@ -129,7 +129,7 @@ public final class ParleyServer: Sendable {
             irc.historyLimit = config.keepHistory ? 100 : nil
             return irc
         }()
-        let formats = IRCFormats(serverName: config.irc.serverName)
+        let ircDoor = IRCDoor(config: ircConfig)
         let limit = config.outboundLimit
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 4096)
@@ -140,7 +140,7 @@ public final class ParleyServer: Sendable {
             .childChannelOption(.writeBufferWaterMark, value: .init(low: limit / 2, high: limit))
             // Each connection keeps its receive buffer between reads; an idle chat connection needs
             // little, and the allocator grows it for a busy one. (NIO's default starts at 2 KiB.)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65_536))
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 65_536))
             .childChannelInitializer { [weak self] channel in
                 self?.track(channel)
                 return channel.eventLoop.makeCompletedFuture {
@@ -148,7 +148,7 @@ public final class ParleyServer: Sendable {
                     case .line:
                         try channel.pipeline.syncOperations.addHandler(LineConnectionHandler(hub: hub, config: lineConfig))
                     case .irc:
-                        try channel.pipeline.syncOperations.addHandler(IRCConnectionHandler(hub: hub, config: ircConfig, formats: formats))
+                        try channel.pipeline.syncOperations.addHandler(IRCConnectionHandler(hub: hub, door: ircDoor))
                     case .udp:
                         throw ServerError.cannotListen(address, reason: "a UDP door has no TCP connections")
                     }

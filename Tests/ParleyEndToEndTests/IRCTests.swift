@@ -348,6 +348,31 @@ import Testing
         }
     }
 
+    @Test func silentClientsArePingedThenCutOffAndUnregisteredOnesTimeOut() async throws {
+        try await withServer({ $0.irc.pingInterval = .seconds(1); $0.irc.registrationTimeout = .seconds(1) }) { server in
+            let answering = try await IRCTestClient.connect(server)
+            try await answering.register("ana")
+            let silent = try await IRCTestClient.connect(server)
+            try await silent.register("sil")
+            let lurker = try await IRCTestClient.connect(server)
+            try await lurker.send("NICK lurk")
+
+            // A registered client is pinged after a quiet interval; answering keeps it connected, and
+            // it is pinged again after the next quiet interval.
+            for _ in 1...2 {
+                let ping = try await answering.expect("PING")
+                try await answering.send("PONG :\(ping.params.last ?? "")")
+            }
+            try await answering.send("PING :still-here")
+            #expect(try await answering.expect("PONG").params.last == "still-here")
+            // One that does not answer is cut off after a second interval.
+            _ = try await silent.expect("PING")
+            #expect(try await silent.expect("ERROR").params.last?.contains("Ping timeout: 1 second") == true)
+            // A connection that never finished registering is closed.
+            #expect(try await lurker.expect("ERROR").params.last?.contains("Registration timed out") == true)
+        }
+    }
+
     @Test func nickServRegisterIdentifyLogoutAndTheGracePeriod() async throws {
         try await withServer({ $0.irc.nickGracePeriod = .milliseconds(300) }) { server in
             let quinn = try await IRCTestClient.connect(server)
