@@ -27,8 +27,13 @@ public struct LineFramer: Sendable {
     public mutating func append(_ bytes: ByteBuffer) {
         var bytes = bytes
         if buffer.readableBytes == 0 {
-            buffer.clear()
-        } else if buffer.readerIndex > 64 * 1024 {
+            // Nothing pending: the read itself is the buffer, without a copy. It is let go of once its
+            // lines are taken (`next`), so the channel can reuse it and an idle connection holds none.
+            buffer = bytes
+            scanned = 0
+            return
+        }
+        if buffer.readerIndex > 64 * 1024 {
             // Lines already handed out would otherwise stay in memory behind a pending partial line.
             buffer.discardReadBytes()
         }
@@ -61,6 +66,11 @@ public struct LineFramer: Sendable {
                 }
                 buffer.moveReaderIndex(forwardBy: length - contentLength + 1)
                 return .line(line)
+            }
+            if view.isEmpty {
+                buffer = ByteBuffer()
+                scanned = 0
+                return nil
             }
             scanned = view.count
             // No line ending yet. A partial line that is already too long (allowing one byte for a CR)
