@@ -95,19 +95,62 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
     private var session: Session?
     private var address = "unknown"
 
-    // Registration.
-    private var nick: String?
-    private var userName: String?
-    private var realName: String?
-    private var password: String?
-    private var capNegotiating = false
+    // Registration. Its state lives in a box dropped once the client is registered, so an idle
+    // connection keeps one pointer for it. Setting a value after registration (nil or false aside)
+    // makes a new box.
+    private final class Registration {
+        var nick: String?
+        var userName: String?
+        var realName: String?
+        var password: String?
+        var capNegotiating = false
+        /// A connection still unregistered then is closed (the sweeper checks).
+        var deadline: NIODeadline?
+        /// The account a client logged in to (SASL, REGISTER) before its registration completed.
+        var preAccount: String?
+        /// SASL PLAIN in progress: the base64 received so far (clients send it in 400-byte pieces).
+        var saslBuffer: String?
+    }
+    private var registration: Registration? = Registration()
+    private var registrationForWriting: Registration {
+        if let registration { return registration }
+        let fresh = Registration()
+        registration = fresh
+        return fresh
+    }
+    private var nick: String? {
+        get { registration?.nick }
+        set { if newValue != nil || registration != nil { registrationForWriting.nick = newValue } }
+    }
+    private var userName: String? {
+        get { registration?.userName }
+        set { if newValue != nil || registration != nil { registrationForWriting.userName = newValue } }
+    }
+    private var realName: String? {
+        get { registration?.realName }
+        set { if newValue != nil || registration != nil { registrationForWriting.realName = newValue } }
+    }
+    private var password: String? {
+        get { registration?.password }
+        set { if newValue != nil || registration != nil { registrationForWriting.password = newValue } }
+    }
+    private var capNegotiating: Bool {
+        get { registration?.capNegotiating ?? false }
+        set { if newValue || registration != nil { registrationForWriting.capNegotiating = newValue } }
+    }
+    private var registrationDeadline: NIODeadline? {
+        get { registration?.deadline }
+        set { if newValue != nil || registration != nil { registrationForWriting.deadline = newValue } }
+    }
+    private var preAccount: String? {
+        get { registration?.preAccount }
+        set { if newValue != nil || registration != nil { registrationForWriting.preAccount = newValue } }
+    }
+    private var saslBuffer: String? {
+        get { registration?.saslBuffer }
+        set { if newValue != nil || registration != nil { registrationForWriting.saslBuffer = newValue } }
+    }
     private var capabilities: Set<String> = []
-    /// A connection still unregistered then is closed (the sweeper checks).
-    private var registrationDeadline: NIODeadline?
-    /// The account a client logged in to (SASL, REGISTER) before its registration completed.
-    private var preAccount: String?
-    /// SASL PLAIN in progress: the base64 received so far (clients send it in 400-byte pieces).
-    private var saslBuffer: String?
     private var graceTimer: Scheduled<Void>?
 
     // Flow control and keep-alive.
@@ -133,7 +176,12 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
     private var unpublished = 0
     /// A command that came while `unpublished` > 0: it waits, so that its replies do not overtake
     /// the echoes and errors of the messages before it.
-    private var heldCommand: IRCMessage?
+    private var heldCommand: IRCMessage? {
+        get { heldCommands.first }
+        set { heldCommands = newValue.map { [$0] } ?? [] }
+    }
+    /// Holds `heldCommand`: an empty array costs an idle connection 8 bytes, an optional message 49.
+    private var heldCommands: [IRCMessage] = []
 
     public init(hub: Hub, door: IRCDoor) {
         self.hub = hub
@@ -604,7 +652,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
             close(context, reason: error.message)
             return
         }
-        registrationDeadline = nil
+        registration = nil
         hub.counters.unregisteredConnections.subtract(1, ordering: .relaxed)
         welcome(context)
         if case .reservedNick = outcome { startGracePeriod(context) }
@@ -711,7 +759,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
 
     private func loggedInNumeric(_ context: ChannelHandlerContext, account: String) {
         let nick = session?.name ?? nick ?? account
-        let mask = "\(nick)!\(userName ?? nick)@\(Hub.host(of: address))"
+        let mask = "\(nick)!\(session?.speaker.user ?? userName ?? nick)@\(Hub.host(of: address))"
         numeric(context, "900", mask, account, "You are now logged in as \(account)")
     }
 
