@@ -8,11 +8,23 @@ public struct HubConfig: Sendable {
     /// The room every new session starts in; it is never removed.
     public var lobby: String
     public var minimumPasswordLength: Int
+    /// A room with more members than this is quiet: joins, parts and quits are not announced to its
+    /// members (each still sees its own, and NAMES lists everyone), as large Twitch channels do. A
+    /// thousand line clients connecting at once would otherwise make half a million JOIN lines in
+    /// the lobby. nil: every room announces them.
+    public var quietRoomSize: Int?
 
-    public init(requireLogin: Bool = false, lobby: String = "#lobby", minimumPasswordLength: Int = NameRules.passwordBytes.lowerBound) {
+    public init(requireLogin: Bool = false, lobby: String = "#lobby", minimumPasswordLength: Int = NameRules.passwordBytes.lowerBound,
+                quietRoomSize: Int? = 500) {
         self.requireLogin = requireLogin
         self.lobby = lobby
         self.minimumPasswordLength = minimumPasswordLength
+        self.quietRoomSize = quietRoomSize
+    }
+
+    /// Whether a room of `members` (counting the one who joins or leaves) announces comings and goings.
+    func announces(members: Int) -> Bool {
+        quietRoomSize.map { members <= $0 } ?? true
     }
 }
 
@@ -215,7 +227,7 @@ public final class Hub: Sendable {
         }
         counters.activeSessions.subtract(1, ordering: .relaxed)
         // One QUIT to each peer, not one PART per shared room.
-        if accepting { deliver(.quit(who: speaker, reason: reason), to: roomPeers(of: session, roomKeys: roomKeys)) }
+        if accepting { deliver(.quit(who: speaker, reason: reason), to: roomPeers(of: session, roomKeys: roomKeys, announcingOnly: true)) }
         for key in roomKeys {
             leaveRoom(session, key: key, who: speaker, reason: reason, notify: false)
         }
@@ -290,7 +302,11 @@ public final class Hub: Sendable {
                 if state.members.isEmpty { state.settings.operators.insert(session.id) }
                 state.members.append(session)
                 // Not `last:`: that copy follows echo-message, but everyone, IRC or not, sees its own JOIN.
-                deliver(.joined(room: room.name, who: speaker), to: echo ? state.members : state.members.filter { $0 !== session })
+                if config.announces(members: state.members.count) {
+                    deliver(.joined(room: room.name, who: speaker), to: echo ? state.members : state.members.filter { $0 !== session })
+                } else if echo {
+                    deliver(.joined(room: room.name, who: speaker), to: [session])
+                }
                 // Under the room lock, like publishing: each message is either replayed here or
                 // delivered live afterwards, never both, never neither.
                 let replayed = echo ? room.recent.snapshot(notBefore: retentionCutoff) : []
@@ -321,7 +337,10 @@ public final class Hub: Sendable {
         guard let room = rooms.withLock({ $0[key] }) else { return }
         let nowEmpty = room.state.withLock { state in
             guard let index = state.members.firstIndex(where: { $0 === session }) else { return false }
-            if notify { deliver(.parted(room: room.name, who: who, reason: reason), to: state.members) }
+            if notify {
+                deliver(.parted(room: room.name, who: who, reason: reason),
+                        to: config.announces(members: state.members.count) ? state.members : [session])
+            }
             state.members.remove(at: index)
             state.settings.operators.remove(session.id)
             state.settings.voiced.remove(session.id)
@@ -901,11 +920,13 @@ public final class Hub: Sendable {
     }
 
     /// Everyone sharing at least one room with the session, once each, without the session itself.
-    func roomPeers(of session: Session, roomKeys: [String]) -> [Session] {
+    /// `announcingOnly`: leave out quiet rooms (`HubConfig.quietRoomSize`).
+    func roomPeers(of session: Session, roomKeys: [String], announcingOnly: Bool = false) -> [Session] {
         var seen: Set<Int> = [session.id]
         var peers: [Session] = []
         for key in roomKeys {
-            for member in members(of: key) ?? [] where seen.insert(member.id).inserted {
+            guard let members = members(of: key), !announcingOnly || config.announces(members: members.count) else { continue }
+            for member in members where seen.insert(member.id).inserted {
                 peers.append(member)
             }
         }

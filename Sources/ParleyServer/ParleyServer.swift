@@ -14,6 +14,8 @@ public struct ServerConfig: Sendable {
     public var requireLogin = false
     /// Shortest password accepted for a new account.
     public var minimumPasswordLength = NameRules.passwordBytes.lowerBound
+    /// Rooms with more members than this do not announce joins, parts and quits; nil: all do.
+    public var quietRoomSize: Int? = 500
     /// Event loops; one per core by default.
     public var threads = System.coreCount
     /// bcrypt cost; the command line refuses less than 10. Tests may lower it to save time.
@@ -73,7 +75,8 @@ public final class ParleyServer: Sendable {
         hashPool = NIOThreadPool(numberOfThreads: max(1, System.coreCount - 1))
         hashPool.start()
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.threads))
-        let hubConfig = HubConfig(requireLogin: config.requireLogin, minimumPasswordLength: config.minimumPasswordLength)
+        let hubConfig = HubConfig(requireLogin: config.requireLogin, minimumPasswordLength: config.minimumPasswordLength,
+                                  quietRoomSize: config.quietRoomSize)
         let hasher = BcryptHasher(cost: config.bcryptCost, pool: hashPool)
         if config.keepHistory {
             let log = SQLiteMessageLog(store: store, retention: .init(maxPerRoom: config.history.maxPerRoom,

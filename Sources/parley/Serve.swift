@@ -41,6 +41,9 @@ struct Serve: AsyncParsableCommand {
     @Flag(help: "Refuse chat from guests: an account is needed to talk.")
     var requireLogin = false
 
+    @Option(help: "Rooms with more members than this do not announce joins, parts and quits (0: every room does).")
+    var quietRoomSize = 500
+
     @Flag(help: "Do not read operator commands from stdin.")
     var noConsole = false
 
@@ -106,6 +109,8 @@ struct Serve: AsyncParsableCommand {
         }
         config.dataDirectory = dataDir
         config.requireLogin = requireLogin
+        guard quietRoomSize >= 0 else { throw ValidationError("--quiet-room-size must be 0 or more; 0 means every room announces joins and quits.") }
+        config.quietRoomSize = quietRoomSize == 0 ? nil : quietRoomSize
         config.minimumPasswordLength = minPasswordLength
         config.irc.serverPassword = ircPassword
         config.irc.registrationBeforeConnect = !ircRegistrationAfterConnect

@@ -69,8 +69,8 @@ struct PlainHasher: PasswordHasher {
     let loop = EmbeddedEventLoop()
     let format = EventFormat()
 
-    func makeHub(requireLogin: Bool = false) -> Hub {
-        Hub(config: HubConfig(requireLogin: requireLogin), accounts: MemoryAccounts(), hasher: PlainHasher(),
+    func makeHub(requireLogin: Bool = false, quietRoomSize: Int? = 500) -> Hub {
+        Hub(config: HubConfig(requireLogin: requireLogin, quietRoomSize: quietRoomSize), accounts: MemoryAccounts(), hasher: PlainHasher(),
             throttle: LoginThrottle(freeFailures: 100))
     }
 
@@ -90,6 +90,40 @@ struct PlainHasher: PasswordHasher {
         #expect(hub.members(of: "#lobby")?.map(\.id) == [a.id, b.id])
         #expect(sinkA.lines.contains("\(HubEvent.joined(room: "#lobby", who: b.speaker))"))
         #expect(b.speaker == Speaker(name: b.name, user: b.name, host: "127.0.0.1", account: nil, realName: b.name))
+    }
+
+    /// Above `quietRoomSize` members, comings and goings reach only the one coming or going.
+    @Test func largeRoomsDoNotAnnounceJoinsPartsAndQuits() throws {
+        let hub = makeHub(quietRoomSize: 3)
+        let sessions = (0..<4).map { _ in connect(hub) }
+        let (a, sinkA) = sessions[0]
+        func joins(_ sink: RecordingSink, _ who: Session) -> Int {
+            sink.lines.filter { $0 == "\(HubEvent.joined(room: "#lobby", who: who.speaker))" }.count
+        }
+        // The fourth member makes the lobby quiet: the others are not told, it still sees its own JOIN.
+        let (d, sinkD) = sessions[3]
+        #expect(joins(sinkA, sessions[2].0) == 1)
+        #expect(joins(sinkA, d) == 0)
+        #expect(joins(sinkD, d) == 1)
+        #expect(hub.members(of: "#lobby")?.count == 4)
+
+        // A part in a quiet room reaches the one parting only; a quit reaches no one.
+        try hub.part(d, room: "#lobby")
+        loop.run()
+        #expect(sinkA.lines.contains { $0.hasPrefix("parted(") } == false)
+        #expect(sinkD.lines.last?.hasPrefix("parted(") == true)
+        try hub.join(d, room: "#lobby")
+        hub.disconnect(d, reason: "bye")
+        loop.run()
+        #expect(sinkA.lines.contains { $0.hasPrefix("quit(") } == false)
+
+        // Three members: announced again.
+        hub.disconnect(sessions[2].0, reason: "bye")
+        loop.run()
+        #expect(sinkA.lines.filter { $0.hasPrefix("quit(") }.count == 1)
+        let (e, _) = connect(hub)
+        #expect(joins(sinkA, e) == 1)
+        _ = a
     }
 
     @Test func roomMessagesReachMembersOnlyAndTheSenderLast() throws {
