@@ -103,7 +103,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         var userName: String?
         var realName: String?
         var password: String?
-        var capNegotiating = false
+        /// nil: not negotiating.
+        var capNegotiating: Bool?
         /// A connection still unregistered then is closed (the sweeper checks).
         var deadline: NIODeadline?
         /// The account a client logged in to (SASL, REGISTER) before its registration completed.
@@ -112,43 +113,44 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         var saslBuffer: String?
     }
     private var registration: Registration? = Registration()
-    private var registrationForWriting: Registration {
-        if let registration { return registration }
-        let fresh = Registration()
-        registration = fresh
-        return fresh
+    /// Sets a registration value, making a box only for a value worth keeping.
+    private func setRegistration<Value>(_ field: ReferenceWritableKeyPath<Registration, Value?>, _ value: Value?) {
+        guard value != nil || registration != nil else { return }
+        let box = registration ?? Registration()
+        registration = box
+        box[keyPath: field] = value
     }
     private var nick: String? {
         get { registration?.nick }
-        set { if newValue != nil || registration != nil { registrationForWriting.nick = newValue } }
+        set { setRegistration(\.nick, newValue) }
     }
     private var userName: String? {
         get { registration?.userName }
-        set { if newValue != nil || registration != nil { registrationForWriting.userName = newValue } }
+        set { setRegistration(\.userName, newValue) }
     }
     private var realName: String? {
         get { registration?.realName }
-        set { if newValue != nil || registration != nil { registrationForWriting.realName = newValue } }
+        set { setRegistration(\.realName, newValue) }
     }
     private var password: String? {
         get { registration?.password }
-        set { if newValue != nil || registration != nil { registrationForWriting.password = newValue } }
+        set { setRegistration(\.password, newValue) }
     }
     private var capNegotiating: Bool {
         get { registration?.capNegotiating ?? false }
-        set { if newValue || registration != nil { registrationForWriting.capNegotiating = newValue } }
+        set { setRegistration(\.capNegotiating, newValue ? true : nil) }
     }
     private var registrationDeadline: NIODeadline? {
         get { registration?.deadline }
-        set { if newValue != nil || registration != nil { registrationForWriting.deadline = newValue } }
+        set { setRegistration(\.deadline, newValue) }
     }
     private var preAccount: String? {
         get { registration?.preAccount }
-        set { if newValue != nil || registration != nil { registrationForWriting.preAccount = newValue } }
+        set { setRegistration(\.preAccount, newValue) }
     }
     private var saslBuffer: String? {
         get { registration?.saslBuffer }
-        set { if newValue != nil || registration != nil { registrationForWriting.saslBuffer = newValue } }
+        set { setRegistration(\.saslBuffer, newValue) }
     }
     private var capabilities: Set<String> = []
     private var graceTimer: Scheduled<Void>?
