@@ -2,7 +2,7 @@ import NIOCore
 import Synchronization
 
 /// A connection that the sweeper visits every period, on its event loop (keep-alive, timeouts).
-public protocol SweptConnection: AnyObject {
+public protocol SweptConnection: AnyObject, SendableMetatype {
     /// Its place in its loop's list; kept by the sweeper, -1 when it is not in one.
     var sweepSlot: Int { get set }
     /// Called on the connection's loop once per period.
