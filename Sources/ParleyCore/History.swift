@@ -265,9 +265,16 @@ public final class PublishQueue: Sendable {
             state.scheduled = !state.items.isEmpty
             return state.scheduled
         }
+        let started = NIODeadline.now()
         for item in items { item() }
-        // A deadline just ahead, not `execute`: the pass ends, the loop reads its sockets, then more.
-        if more { loop.scheduleTask(in: .microseconds(1)) { self.drain() } }
+        // NIO runs every task that is due before it polls its sockets again: a next pass due at once
+        // would run in this same tick, and a backlog would drain in one long tick while no socket is
+        // read (PINGs waited half a second in the rooms benchmark). The next pass is due as long after
+        // this one as this one took, so the deliveries' writes run and the loop reads its sockets first.
+        if more {
+            let took = NIODeadline.now() - started
+            loop.scheduleTask(in: max(.microseconds(50), took)) { self.drain() }
+        }
     }
 }
 
