@@ -73,8 +73,21 @@ public final class Session: Sendable {
         /// Room keys in join order.
         var rooms: [String] = []
         var connected = true
+        /// Direct messages to it being stored, for its PINGs' wait (`Hub.afterPublished(to:)`).
+        var directs = SettleCount()
     }
     let state: Mutex<State>
+
+    /// Runs `body` once the direct messages logged for this session up to `mark` are settled.
+    func whenDirectsSettled(upTo mark: UInt32, _ body: @escaping @Sendable () -> Void) {
+        let now = state.withLock { state in !state.connected || state.directs.wait(upTo: mark, body) }
+        if now { body() }
+    }
+
+    /// Settles one direct message logged for this session (outside its lock).
+    func settleDirect() {
+        for body in state.withLock({ $0.directs.settle() }) { body() }
+    }
 
     init(id: Int, name: String, user: String?, door: String, address: String, sink: any SessionSink) {
         self.id = id
@@ -117,5 +130,40 @@ public final class Session: Sendable {
             SessionInfo(id: id, name: $0.name, account: $0.account, door: door, address: address,
                         rooms: roomNames, connectedAt: connectedAt)
         }
+    }
+}
+
+/// Messages handed to the log for a room or a session, and how many of them have been published or
+/// refused since. Messages settle in the order they were logged, so a PING that came when `logged`
+/// was N is answered once `settled` reaches N. 32-bit and wrapping: compared by difference.
+struct SettleCount {
+    var logged: UInt32 = 0
+    private(set) var settled: UInt32 = 0
+    private var waiting: [(mark: UInt32, then: @Sendable () -> Void)] = []
+
+    private func reached(_ mark: UInt32) -> Bool { Int32(bitPattern: settled &- mark) >= 0 }
+
+    /// Whether `mark` is settled already; if not, `body` waits for it.
+    mutating func wait(upTo mark: UInt32, _ body: @escaping @Sendable () -> Void) -> Bool {
+        if reached(mark) { return true }
+        waiting.append((mark, body))
+        return false
+    }
+
+    /// One more message settled; returns the waiters now due, to run outside the lock.
+    mutating func settle() -> [@Sendable () -> Void] {
+        settled &+= 1
+        guard !waiting.isEmpty else { return [] }
+        let settled = settled
+        func reached(_ mark: UInt32) -> Bool { Int32(bitPattern: settled &- mark) >= 0 }
+        let due = waiting.filter { reached($0.mark) }.map(\.then)
+        if !due.isEmpty { waiting.removeAll { reached($0.mark) } }
+        return due
+    }
+
+    /// Every waiter, for a room or session that is going away.
+    mutating func releaseAll() -> [@Sendable () -> Void] {
+        defer { waiting = [] }
+        return waiting.map(\.then)
     }
 }

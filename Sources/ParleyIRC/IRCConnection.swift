@@ -438,9 +438,9 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
             // After everything already queued for this client: a PING is how clients (and irctest)
             // know that the effects of their earlier commands have all arrived.
             let pong = IRCMessage(source: config.serverName, "PONG", [config.serverName, token])
-            if session != nil {
-                // After every message accepted before it, from anyone, has been published to this client.
-                afterPublished(context) { handler, context in handler.send(context, pong) }
+            if let session {
+                // After every message accepted before it, from anyone, that could reach this client has been published.
+                afterPublished(session, context) { handler, context in handler.send(context, pong) }
             } else {
                 send(context, pong)
             }
@@ -1609,13 +1609,15 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         }
     }
 
-    /// Like `afterQueuedEvents`, but also after every chat message accepted so far (by anyone) has been
-    /// stored and published: what a PONG promises a client that uses PING to wait for its messages.
-    private func afterPublished(_ context: ChannelHandlerContext, _ body: @escaping (IRCConnectionHandler, ChannelHandlerContext) -> Void) {
+    /// Like `afterQueuedEvents`, but also after every chat message accepted so far (by anyone) for this
+    /// client has been stored and published: what a PONG promises a client that uses PING to wait for
+    /// its messages.
+    private func afterPublished(_ session: Session, _ context: ChannelHandlerContext,
+                                _ body: @escaping (IRCConnectionHandler, ChannelHandlerContext) -> Void) {
         pendingWork += 1
         let bound = NIOLoopBound((self, context, body), eventLoop: context.eventLoop)
         let loop = context.eventLoop
-        hub.afterPublished {
+        hub.afterPublished(to: session) {
             loop.execute {
                 let (handler, context, body) = bound.value
                 handler.pendingWork -= 1

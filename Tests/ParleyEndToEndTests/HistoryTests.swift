@@ -162,8 +162,10 @@ extension LineClient {
             _ = try await alice.command("/join #small")
             for n in 1...12 { try await alice.send("m\(n)") }
             _ = try await alice.expect { $0 == "MSG #small alice: m12" }
-            // The writer prunes after each transaction; a barrier runs after the pass that stored m12.
-            await withCheckedContinuation { done in server.server.hub.afterPublished { done.resume() } }
+            // The writer prunes after each pass. A barrier runs in a pass at or after the one that stored
+            // m12; a barrier queued from it runs in a later pass, so after that pass's pruning.
+            let log = try #require(server.server.log)
+            await withCheckedContinuation { done in log.barrier { log.barrier { done.resume() } } }
             let page = try await alice.history("/history 50")
             #expect(page.lines.map(LineClient.text(ofHistory:)) == (8...12).map { "m\($0)" })
             #expect(server.server.log?.messagesPruned.load(ordering: .relaxed) == 7)

@@ -1,0 +1,112 @@
+import Foundation
+import NIOCore
+import NIOEmbedded
+import ParleyCore
+import Synchronization
+import Testing
+
+/// A log whose transactions the test commits one job at a time, in order. Like the real one, it
+/// hands a committed message's callback to its publisher, whose loop publishes it later.
+final class HeldLog: MessageLog {
+    enum Job {
+        case append(PublishQueue?, @Sendable (Bool) -> Void)
+        case barrier(@Sendable () -> Void)
+    }
+    private let jobs = Mutex<[Job]>([])
+    struct NotKept: Error {}
+
+    func append(_ message: LoggedMessage, publisher: PublishQueue?, committed: @escaping @Sendable (Bool) -> Void) {
+        jobs.withLock { $0.append(.append(publisher, committed)) }
+    }
+    func barrier(_ body: @escaping @Sendable () -> Void) { jobs.withLock { $0.append(.barrier(body)) } }
+    func markPending(serial: UInt64, account: String) {}
+    func claimPending(account: String) async throws -> [LoggedMessage] { [] }
+    func messages(target: String, in range: HistoryRange) async throws -> [LoggedMessage] { throw NotKept() }
+    func message(serial: UInt64) async throws -> (target: String, message: LoggedMessage)? { nil }
+    func activeTargets(rooms: [String], conversationsOf participant: String?, from: Date, to: Date, limit: Int) async throws -> [(target: String, latest: Date)] { [] }
+
+    /// Commits (or fails) the next job; barriers run as they are reached.
+    func next(committed: Bool = true) {
+        let job = jobs.withLock { $0.isEmpty ? nil : $0.removeFirst() }
+        switch job {
+        case .append(let publisher?, let callback): publisher.submit { callback(committed) }
+        case .append(nil, let callback): callback(committed)
+        case .barrier(let body): body()
+        case nil: break
+        }
+    }
+    var queued: Int { jobs.withLock { $0.count } }
+}
+
+final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .relaxed) }
+    var isSet: Bool { value.load(ordering: .relaxed) }
+}
+
+@Suite struct PingBarrierTests {
+    let loop = EmbeddedEventLoop()
+
+    /// A PING waits for the messages accepted before it in its client's rooms, and for nothing else.
+    @Test func aPingWaitsForItsRoomsMessagesOnly() throws {
+        let log = HeldLog()
+        let hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), log: log, publishLoops: [loop])
+        func connect(_ name: String) throws -> (Session, RecordingSink) {
+            let sink = RecordingSink(loop: loop, format: EventFormat())
+            let session = try hub.connect(door: "test", address: "127.0.0.1:1", sink: sink, name: name, user: nil, joinLobby: false)
+            return (session, sink)
+        }
+        let (speaker, _) = try connect("speaker")
+        let (listener, listenerSink) = try connect("listener")
+        let (bystander, _) = try connect("bystander")
+        try hub.join(speaker, room: "#dev")
+        try hub.join(listener, room: "#dev")
+        try hub.join(bystander, room: "#elsewhere")
+        try hub.say(speaker, room: "#dev", text: "one")
+        try hub.say(speaker, room: "#dev", text: "two")
+
+        let listenerAnswered = Flag()
+        let bystanderAnswered = Flag()
+        hub.afterPublished(to: listener) { listenerAnswered.set() }
+        hub.afterPublished(to: bystander) { bystanderAnswered.set() }
+        // Said after the PINGs: not waited for.
+        try hub.say(speaker, room: "#dev", text: "three")
+
+        // Nothing in the bystander's room is being stored: answered at once.
+        #expect(bystanderAnswered.isSet)
+        log.next()  // "one" stored, handed to its room's publishing loop
+        log.next()  // "two"
+        #expect(!listenerAnswered.isSet)
+        loop.run()  // the publishing pass
+        #expect(listenerAnswered.isSet)
+        loop.run()
+        #expect(listenerSink.lines.filter { $0.contains("text: \"one\"") || $0.contains("text: \"two\"") }.count == 2)
+        #expect(log.queued == 1)  // "three" is still being stored
+
+        // A direct message being stored holds its recipient's PING.
+        try hub.direct(speaker, to: "bystander", text: "psst")
+        let bystanderAgain = Flag()
+        hub.afterPublished(to: bystander) { bystanderAgain.set() }
+        log.next()  // "three": not the bystander's
+        #expect(!bystanderAgain.isSet)
+        log.next()  // "psst", handed to the bystander's loop
+        #expect(bystanderAgain.isSet)
+    }
+
+    /// A message that could not be stored settles too; a PING is not held up by it forever.
+    @Test func aRefusedMessageDoesNotHoldAPing() throws {
+        let log = HeldLog()
+        let hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), log: log, publishLoops: [loop])
+        let sink = RecordingSink(loop: loop, format: EventFormat())
+        let session = hub.connect(door: "test", address: "127.0.0.1:1", sink: sink)!
+        try hub.say(session, room: "#lobby", text: "lost")
+        let answered = Flag()
+        hub.afterPublished(to: session) { answered.set() }
+        try hub.say(session, room: "#lobby", text: "after the ping")
+        log.next(committed: false)
+        #expect(!answered.isSet)
+        loop.run()
+        #expect(answered.isSet)
+        #expect(log.queued == 1)
+    }
+}
