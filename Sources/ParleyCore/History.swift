@@ -155,9 +155,6 @@ public protocol MessageLog: Sendable {
     /// failed (false), in the order messages were queued: on `publisher` when given (the callbacks of
     /// one transaction for one publisher in one task), on the log's writer thread otherwise.
     func append(_ message: LoggedMessage, publisher: PublishQueue?, committed: @escaping @Sendable (Bool) -> Void)
-    /// Runs `body` on the writer thread once every message queued before it has been committed and
-    /// handed to its `committed` callback.
-    func barrier(_ body: @escaping @Sendable () -> Void)
     /// Marks a stored direct message as waiting for `account` (its recipients went away before it
     /// could be handed to them).
     func markPending(serial: UInt64, account: String)
@@ -242,10 +239,6 @@ public final class PublishQueue: Sendable {
 
     init(loop: any EventLoop) {
         self.loop = loop
-    }
-
-    public func submit(_ work: @escaping @Sendable () -> Void) {
-        submit([work])
     }
 
     public func submit(_ works: [@Sendable () -> Void]) {

@@ -72,9 +72,6 @@ public final class IRCDoor: Sendable {
         let shortest = min(config.pingInterval, config.registrationTimeout)
         self.sweeper = ConnectionSweeper(period: max(.milliseconds(10), min(.seconds(1), .nanoseconds(shortest.nanoseconds / 4))))
     }
-
-    /// Connections the keep-alive timer visits now (for tests).
-    public var sweptConnections: Int { sweeper.count }
 }
 
 /// One IRC connection: framing, registration (CAP, PASS, NICK, USER), commands, keep-alive. Its state

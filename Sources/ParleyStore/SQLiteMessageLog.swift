@@ -86,6 +86,8 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         submit(.append(Append(message, publisher, committed)))
     }
 
+    /// Runs `body` on the writer thread once every message queued before it has been committed and
+    /// handed to its `committed` callback (tests wait on the writer with it).
     public func barrier(_ body: @escaping @Sendable () -> Void) {
         submit(.barrier(body))
     }

@@ -5,34 +5,28 @@ import ParleyCore
 import Synchronization
 import Testing
 
-/// A log whose transactions the test commits one job at a time, in order. Like the real one, it
-/// hands a committed message's callback to its publisher, whose loop publishes it later.
+/// A log whose transactions the test commits one message at a time, in order. Like the real one,
+/// it hands a committed message's callback to its publisher, whose loop publishes it later.
 final class HeldLog: MessageLog {
-    enum Job {
-        case append(PublishQueue?, @Sendable (Bool) -> Void)
-        case barrier(@Sendable () -> Void)
-    }
-    private let jobs = Mutex<[Job]>([])
+    private let jobs = Mutex<[(publisher: PublishQueue?, committed: @Sendable (Bool) -> Void)]>([])
     struct NotKept: Error {}
 
     func append(_ message: LoggedMessage, publisher: PublishQueue?, committed: @escaping @Sendable (Bool) -> Void) {
-        jobs.withLock { $0.append(.append(publisher, committed)) }
+        jobs.withLock { $0.append((publisher, committed)) }
     }
-    func barrier(_ body: @escaping @Sendable () -> Void) { jobs.withLock { $0.append(.barrier(body)) } }
     func markPending(serial: UInt64, account: String) {}
     func claimPending(account: String) async throws -> [LoggedMessage] { [] }
     func messages(target: String, in range: HistoryRange) async throws -> [LoggedMessage] { throw NotKept() }
     func message(serial: UInt64) async throws -> (target: String, message: LoggedMessage)? { nil }
     func activeTargets(rooms: [String], conversationsOf participant: String?, from: Date, to: Date, limit: Int) async throws -> [(target: String, latest: Date)] { [] }
 
-    /// Commits (or fails) the next job; barriers run as they are reached.
+    /// Commits (or fails) the next message.
     func next(committed: Bool = true) {
-        let job = jobs.withLock { $0.isEmpty ? nil : $0.removeFirst() }
-        switch job {
-        case .append(let publisher?, let callback): publisher.submit { callback(committed) }
-        case .append(nil, let callback): callback(committed)
-        case .barrier(let body): body()
-        case nil: break
+        guard let job = jobs.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { return }
+        if let publisher = job.publisher {
+            publisher.submit([{ job.committed(committed) }])
+        } else {
+            job.committed(committed)
         }
     }
     var queued: Int { jobs.withLock { $0.count } }
