@@ -141,11 +141,11 @@ struct SettleCount {
     private(set) var settled: UInt32 = 0
     private var waiting: [(mark: UInt32, then: @Sendable () -> Void)] = []
 
-    private func reached(_ mark: UInt32) -> Bool { Int32(bitPattern: settled &- mark) >= 0 }
+    private static func reached(_ mark: UInt32, settled: UInt32) -> Bool { Int32(bitPattern: settled &- mark) >= 0 }
 
     /// Whether `mark` is settled already; if not, `body` waits for it.
     mutating func wait(upTo mark: UInt32, _ body: @escaping @Sendable () -> Void) -> Bool {
-        if reached(mark) { return true }
+        if Self.reached(mark, settled: settled) { return true }
         waiting.append((mark, body))
         return false
     }
@@ -155,9 +155,8 @@ struct SettleCount {
         settled &+= 1
         guard !waiting.isEmpty else { return [] }
         let settled = settled
-        func reached(_ mark: UInt32) -> Bool { Int32(bitPattern: settled &- mark) >= 0 }
-        let due = waiting.filter { reached($0.mark) }.map(\.then)
-        if !due.isEmpty { waiting.removeAll { reached($0.mark) } }
+        let due = waiting.filter { Self.reached($0.mark, settled: settled) }.map(\.then)
+        if !due.isEmpty { waiting.removeAll { Self.reached($0.mark, settled: settled) } }
         return due
     }
 
