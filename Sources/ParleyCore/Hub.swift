@@ -608,11 +608,9 @@ public final class Hub: Sendable {
     private func publish(_ message: RoomMessage, key: String, loggedIn: Room, sender: Session, echo: Bool,
                          then: PublishedHandler<RoomMessage>?) {
         let after = completion(then, message)
-        var due: [@Sendable () -> Void] = []
-        defer {
-            // The members' copies are handed to their loops first, so a PONG that waited follows them.
-            for body in due { body() }
-        }
+        // Settled in the room it was logged in (a room recreated meanwhile has counts of its own), once
+        // the members' copies are handed to their loops, so that a PONG that waited follows them.
+        defer { loggedIn.settleOne() }
         while true {
             // With no room (everyone left), the message only joins the replay, under the `rooms` lock so
             // that a joiner recreating the room meanwhile sees it there.
@@ -622,7 +620,6 @@ public final class Hub: Sendable {
                 return nil
             }
             guard let room else {
-                loggedIn.settleOne()
                 if let after { sender.sink.eventLoop.execute(after) }
                 return
             }
@@ -630,14 +627,9 @@ public final class Hub: Sendable {
                 if state.closed { return false }
                 room.recent.append(message)
                 deliverToRoom(.message(message), &state, sender: sender, echo: echo, then: after)
-                if room === loggedIn { due = state.stored.settle() }
                 return true
             }
-            if published {
-                // Recreated since (everyone had left): the room it was logged in is closed, and settles anyway.
-                if room !== loggedIn { loggedIn.settleOne() }
-                return
-            }
+            if published { return }
         }
     }
 
