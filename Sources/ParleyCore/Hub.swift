@@ -13,9 +13,10 @@ public struct HubConfig: Sendable {
     /// thousand line clients connecting at once would otherwise make half a million JOIN lines in
     /// the lobby. nil: every room announces them.
     public var quietRoomSize: Int?
+    public static let defaultQuietRoomSize = 500
 
     public init(requireLogin: Bool = false, lobby: String = "#lobby", minimumPasswordLength: Int = NameRules.passwordBytes.lowerBound,
-                quietRoomSize: Int? = 500) {
+                quietRoomSize: Int? = defaultQuietRoomSize) {
         self.requireLogin = requireLogin
         self.lobby = lobby
         self.minimumPasswordLength = minimumPasswordLength

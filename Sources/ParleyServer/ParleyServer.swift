@@ -15,7 +15,7 @@ public struct ServerConfig: Sendable {
     /// Shortest password accepted for a new account.
     public var minimumPasswordLength = NameRules.passwordBytes.lowerBound
     /// Rooms with more members than this do not announce joins, parts and quits; nil: all do.
-    public var quietRoomSize: Int? = 500
+    public var quietRoomSize: Int? = HubConfig.defaultQuietRoomSize
     /// Event loops; one per core by default.
     public var threads = System.coreCount
     /// bcrypt cost; the command line refuses less than 10. Tests may lower it to save time.

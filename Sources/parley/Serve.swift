@@ -42,7 +42,7 @@ struct Serve: AsyncParsableCommand {
     var requireLogin = false
 
     @Option(help: "Rooms with more members than this do not announce joins, parts and quits (0: every room does).")
-    var quietRoomSize = 500
+    var quietRoomSize = HubConfig.defaultQuietRoomSize
 
     @Flag(help: "Do not read operator commands from stdin.")
     var noConsole = false
