@@ -1685,7 +1685,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
     /// Through the sink, so that replies stay in order with the hub's messages gathered there.
     private func write(_ context: ChannelHandlerContext, _ message: IRCMessage) {
         guard let sink else { return }
-        sink.enqueue(ByteBuffer(string: message.serialized() + "\r\n"))
+        sink.enqueue(message.wireLine)
         wroteSinceFlush = true
         sink.enforceOutboundLimit()
     }
@@ -1698,6 +1698,6 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
 
     private func close(_ context: ChannelHandlerContext, reason: String) {
         flushIfNeeded(context)
-        sink?.disconnect(finalBytes: ByteBuffer(string: IRCMessage("ERROR", ["Closing Link: \(address) (\(reason))"]).serialized() + "\r\n"))
+        sink?.disconnect(finalBytes: IRCMessage("ERROR", ["Closing Link: \(address) (\(reason))"]).wireLine)
     }
 }

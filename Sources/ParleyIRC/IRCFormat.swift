@@ -45,17 +45,10 @@ public final class IRCFormat: WireFormat {
             let lines = replay(room: room, messages)
             guard !lines.isEmpty else { return nil }
             var buffer = ByteBuffer()
-            for line in lines {
-                line.write(to: &buffer)
-                buffer.writeStaticString("\r\n")
-            }
+            for line in lines { line.writeLine(to: &buffer) }
             return buffer
         }
-        guard let message = message(for: event) else { return nil }
-        var buffer = ByteBuffer()
-        message.write(to: &buffer)
-        buffer.writeStaticString("\r\n")
-        return buffer
+        return message(for: event)?.wireLine
     }
 
     /// A room's recent messages for a client that just joined and does not fetch history itself: in a

@@ -156,6 +156,19 @@ public struct IRCMessage: Equatable, Sendable, CustomStringConvertible {
         return String(buffer: buffer)
     }
 
+    /// The line as it goes on the wire, with its CRLF, in a buffer of its own.
+    public var wireLine: ByteBuffer {
+        var buffer = ByteBuffer()
+        writeLine(to: &buffer)
+        return buffer
+    }
+
+    /// Appends the line with its CRLF to `buffer`.
+    public func writeLine(to buffer: inout ByteBuffer) {
+        write(to: &buffer)
+        buffer.writeStaticString("\r\n")
+    }
+
     /// Writes the line (without its CRLF) straight into `buffer`: rendering a message for a room is
     /// this once per format, so it makes no intermediate strings.
     public func write(to buffer: inout ByteBuffer) {
