@@ -115,13 +115,20 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         while true {
             _ = wake.wait(timeout: .now() + .seconds(1))
             // Commit delay: a transaction costs a few hundred microseconds whatever it holds. Under load
-            // (the last batch held `busyBatch` messages or more), let a small batch grow for up to 2 ms;
-            // at rest a message is written at once.
+            // (the last batch held `busyBatch` messages or more), let a small batch grow for up to 2 ms,
+            // but only while it is growing: once a step passes with nothing new, the loops have handed
+            // over what they had and their clients are waiting for this commit (with a few hundred
+            // messages in flight, waiting for a full batch was 2 ms of idle per commit). At rest a
+            // message is written at once.
             if lastBatch >= Self.busyBatch {
                 var waited: UInt32 = 0
-                while waited < Self.commitDelayMicroseconds && queue.withLock({ $0.count }) < Self.fullBatch {
+                var queued = queue.withLock { $0.count }
+                while waited < Self.commitDelayMicroseconds && queued < Self.fullBatch {
                     usleep(Self.commitDelayStep)
                     waited += Self.commitDelayStep
+                    let now = queue.withLock { $0.count }
+                    if now == queued { break }
+                    queued = now
                 }
             }
             let jobs = queue.withLock { queue in
