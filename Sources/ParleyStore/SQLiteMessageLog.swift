@@ -50,7 +50,9 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
     static let busyBatch = 32
     static let fullBatch = 256
     static let commitDelayMicroseconds: UInt32 = 2000
-    static let commitDelayStep: UInt32 = 500
+    /// How long a batch must go without growing before it is committed: what the loop may sit idle
+    /// for when everything in flight waits on this commit (500 µs gave 10 to 25% fewer deliveries).
+    static let commitDelayStep: UInt32 = 100
     private let queue = Mutex<[Job]>([])
     /// Signalled when the queue goes from empty to not empty.
     private let wake = DispatchSemaphore(value: 0)
