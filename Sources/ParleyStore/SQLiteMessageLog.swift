@@ -208,18 +208,23 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
     private static func perform(_ jobs: [Job], _ db: Database, trackRooms: Bool) throws -> (claims: [[LoggedMessage]], rooms: Set<String>) {
         var claims: [[LoggedMessage]] = []
         var rooms: Set<String> = []
-        let insert = try db.cachedStatement(sql: """
-            INSERT INTO message (id, target, time, kind, sender, senderUser, senderHost, senderAccount, recipient, text, tags, pendingFor)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """)
+        // Appends in a row are inserted together; an update or a claim after them sees them stored.
+        var run: [LoggedMessage] = []
+        run.reserveCapacity(jobs.count)
+        func insertRun() throws {
+            try Self.insert(run, db)
+            run.removeAll(keepingCapacity: true)
+        }
         for job in jobs {
             switch job {
             case .append(let append):
-                let target = try Self.insert(append.message, with: insert)
-                if trackRooms, target.hasPrefix("#") { rooms.insert(target) }
+                run.append(append.message)
+                if trackRooms, case .room(let message) = append.message { rooms.insert(NameRules.key(message.room)) }
             case .markPending(let serial, let account):
+                try insertRun()
                 try db.execute(sql: "UPDATE message SET pendingFor = ? WHERE id = ?", arguments: [account, Int64(bitPattern: serial)])
             case .claim(let account, _):
+                try insertRun()
                 let rows = try Row.fetchAll(db, sql: "SELECT * FROM message WHERE pendingFor = ? ORDER BY time, id", arguments: [account])
                 try db.execute(sql: "UPDATE message SET pendingFor = NULL WHERE pendingFor = ?", arguments: [account])
                 claims.append(rows.compactMap(Self.message))
@@ -227,14 +232,54 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                 break
             }
         }
+        try insertRun()
         return (claims, rooms)
     }
 
-    /// Binds straight to SQLite: this runs once per message on the one writer thread, and GRDB's
-    /// `StatementArguments` (an array of existentials per row) cost more than the insert itself.
-    /// Returns the row's target.
-    private static func insert(_ logged: LoggedMessage, with statement: Statement) throws -> String {
-        let handle = statement.sqliteStatement
+    static let columnsPerRow: Int32 = 12
+    /// The largest number of rows one INSERT carries. Each statement costs a fixed part (its setup
+    /// and its end, `sqlite3VdbeHalt`, a quarter of a one-row insert in the writer's profile) that
+    /// several rows share.
+    static let maxRowsPerInsert = 32
+    /// `INSERT ... VALUES (...)` for 1, 2, 4, ... `maxRowsPerInsert` rows, made once.
+    static let insertSQL: [Int: String] = {
+        var statements: [Int: String] = [:]
+        var rows = 1
+        while rows <= maxRowsPerInsert {
+            let row = "(" + Array(repeating: "?", count: Int(columnsPerRow)).joined(separator: ", ") + ")"
+            statements[rows] = """
+                INSERT INTO message (id, target, time, kind, sender, senderUser, senderHost, senderAccount, recipient, text, tags, pendingFor)
+                VALUES \(Array(repeating: row, count: rows).joined(separator: ", "))
+                """
+            rows *= 2
+        }
+        return statements
+    }()
+
+    /// Inserts `messages` in order, as few statements as the sizes allow (32 + 8 + 2 for 42).
+    private static func insert(_ messages: [LoggedMessage], _ db: Database) throws {
+        var start = 0
+        while start < messages.count {
+            var rows = maxRowsPerInsert
+            while rows > messages.count - start { rows /= 2 }
+            guard let sql = insertSQL[rows] else { break }
+            let handle = try db.cachedStatement(sql: sql).sqliteStatement
+            sqlite3_reset(handle)
+            for row in 0..<rows {
+                bind(messages[start + row], from: Int32(row) * columnsPerRow + 1, handle)
+            }
+            let code = sqlite3_step(handle)
+            guard code == SQLITE_DONE else {
+                throw DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(sqlite3_db_handle(handle))))
+            }
+            start += rows
+        }
+    }
+
+    /// Binds one message's columns, from parameter `first` on, straight to SQLite: this runs once per
+    /// message on the one writer thread, and GRDB's `StatementArguments` (an array of existentials
+    /// per row) cost more than the insert itself.
+    private static func bind(_ logged: LoggedMessage, from first: Int32, _ handle: OpaquePointer) {
         let (serial, target, time, kind, sender, recipient, text, tags, pendingFor): (UInt64, String, Date, MessageKind, Speaker, String, String, [MessageTag], String?)
         switch logged {
         case .room(let message):
@@ -244,24 +289,18 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
             (serial, target, time, kind, sender, recipient, text, tags, pendingFor) =
                 (message.serial, conversation, message.time, message.kind, message.from, message.to, message.text, message.tags, pending)
         }
-        sqlite3_reset(handle)
-        sqlite3_bind_int64(handle, 1, Int64(bitPattern: serial))
-        bind(target, 2, handle)
-        sqlite3_bind_int64(handle, 3, Milliseconds.from(time))
-        sqlite3_bind_int64(handle, 4, Int64(kindCode(kind)))
-        bind(sender.name, 5, handle)
-        bind(sender.user, 6, handle)
-        bind(sender.host, 7, handle)
-        bind(sender.account, 8, handle)
-        bind(recipient, 9, handle)
-        bind(text, 10, handle)
-        bind(TagCoding.encode(tags), 11, handle)
-        bind(pendingFor, 12, handle)
-        let code = sqlite3_step(handle)
-        guard code == SQLITE_DONE else {
-            throw DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(sqlite3_db_handle(handle))))
-        }
-        return target
+        sqlite3_bind_int64(handle, first, Int64(bitPattern: serial))
+        bind(target, first + 1, handle)
+        sqlite3_bind_int64(handle, first + 2, Milliseconds.from(time))
+        sqlite3_bind_int64(handle, first + 3, Int64(kindCode(kind)))
+        bind(sender.name, first + 4, handle)
+        bind(sender.user, first + 5, handle)
+        bind(sender.host, first + 6, handle)
+        bind(sender.account, first + 7, handle)
+        bind(recipient, first + 8, handle)
+        bind(text, first + 9, handle)
+        bind(TagCoding.encode(tags), first + 10, handle)
+        bind(pendingFor, first + 11, handle)
     }
 
     /// SQLite copies the text (SQLITE_TRANSIENT), so the Swift string's storage need not outlive the call.

@@ -59,6 +59,47 @@ import Testing
         try store.close()
     }
 
+    /// One transaction holding 43 appends and then a pending mark: the appends go in as multi-row
+    /// inserts (32 + 8 + 2 + 1), and the mark finds the last of them stored.
+    @Test func aLargeBatchIsStoredInOrderAroundMarksAndClaims() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteStore(directory: directory)
+        let log = SQLiteMessageLog(store: store)
+        // The writer runs a barrier's body on its own thread: holding it there queues what follows
+        // into one batch.
+        let gate = DispatchSemaphore(value: 0)
+        let held = DispatchSemaphore(value: 0)
+        log.barrier { held.signal(); gate.wait() }
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+            DispatchQueue.global().async { held.wait(); done.resume() }
+        }
+        let reports = AsyncStream<(UInt64, Bool)>.makeStream()
+        func append(_ message: LoggedMessage) {
+            log.append(message, publisher: nil) { committed in reports.continuation.yield((message.serial, committed)) }
+        }
+        for serial in UInt64(1)...43 { append(.room(Self.roomMessage(serial, room: serial % 3 == 0 ? "#three" : "#dev"))) }
+        log.markPending(serial: 43, account: "bob")
+        async let claimed = log.claimPending(account: "bob")
+        for serial in UInt64(44)...45 { append(.room(Self.roomMessage(serial))) }
+        gate.signal()
+        var seen: [(UInt64, Bool)] = []
+        for await report in reports.stream {
+            seen.append(report)
+            if seen.count == 45 { break }
+        }
+        #expect(seen.map(\.0) == Array(1...45))
+        #expect(seen.allSatisfy { $0.1 })
+        #expect(try await claimed.map(\.serial) == [43])
+        let dev = try await log.messages(target: "#dev", in: HistoryRange(limit: 100, newestFirst: false))
+        #expect(dev.map(\.serial) == (1...45).filter { $0 % 3 != 0 || $0 > 43 }.map(UInt64.init))
+        let three = try await log.messages(target: "#three", in: HistoryRange(limit: 100, newestFirst: false))
+        #expect(three.map(\.serial) == stride(from: 3, through: 42, by: 3).map(UInt64.init))
+        guard case .room(let last)? = dev.last else { Issue.record("no last message"); return }
+        #expect(last.text == "m45" && last.sender == Self.alice && last.time == Self.roomMessage(45).time)
+        await log.close()
+        try store.close()
+    }
+
     @Test func offlineDirectMessagesAreClaimedOnceOldestFirst() async throws {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = try SQLiteStore(directory: directory)
