@@ -82,7 +82,8 @@ let package = Package(
         .testTarget(name: "ParleyLineTests", dependencies: ["ParleyLine", "ParleyCore"], swiftSettings: strict),
         .testTarget(
             name: "ParleyIRCTests",
-            dependencies: ["ParleyIRC", .product(name: "PropertyBased", package: "swift-property-based")],
+            dependencies: ["ParleyIRC", "ParleyCore", .product(name: "NIOCore", package: "swift-nio"),
+                           .product(name: "PropertyBased", package: "swift-property-based")],
             swiftSettings: strict
         ),
         .testTarget(

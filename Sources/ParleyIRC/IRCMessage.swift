@@ -172,18 +172,7 @@ public struct IRCMessage: Equatable, Sendable, CustomStringConvertible {
     /// Writes the line (without its CRLF) straight into `buffer`: rendering a message for a room is
     /// this once per format, so it makes no intermediate strings.
     public func write(to buffer: inout ByteBuffer) {
-        if !tags.isEmpty {
-            buffer.writeInteger(UInt8(ascii: "@"))
-            for (index, tag) in tags.enumerated() {
-                if index > 0 { buffer.writeInteger(UInt8(ascii: ";")) }
-                buffer.writeString(tag.key)
-                if let value = tag.value, !value.isEmpty {
-                    buffer.writeInteger(UInt8(ascii: "="))
-                    buffer.writeString(Self.escapeTagValue(value))
-                }
-            }
-            buffer.writeInteger(UInt8(ascii: " "))
-        }
+        Self.write(tags: tags, to: &buffer)
         if let source {
             buffer.writeInteger(UInt8(ascii: ":"))
             buffer.writeString(source)
@@ -191,19 +180,38 @@ public struct IRCMessage: Equatable, Sendable, CustomStringConvertible {
         }
         buffer.writeString(command)
         for (index, param) in params.enumerated() {
-            buffer.writeInteger(UInt8(ascii: " "))
-            // A CR, LF or NUL inside a parameter would end or corrupt the line for the reader: each
-            // becomes a space (all three are ASCII, so the bytes tell).
-            let breaksLine = param.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0 }
-            if index == params.count - 1
-                && (param.isEmpty || param.utf8.first == UInt8(ascii: ":") || breaksLine || param.utf8.contains(UInt8(ascii: " "))) {
-                buffer.writeInteger(UInt8(ascii: ":"))
+            Self.write(param: param, last: index == params.count - 1, to: &buffer)
+        }
+    }
+
+    /// `@key=value;key ` (nothing when there are no tags).
+    static func write(tags: [Tag], to buffer: inout ByteBuffer) {
+        guard !tags.isEmpty else { return }
+        buffer.writeInteger(UInt8(ascii: "@"))
+        for (index, tag) in tags.enumerated() {
+            if index > 0 { buffer.writeInteger(UInt8(ascii: ";")) }
+            buffer.writeString(tag.key)
+            if let value = tag.value, !value.isEmpty {
+                buffer.writeInteger(UInt8(ascii: "="))
+                buffer.writeString(Self.escapeTagValue(value))
             }
-            if breaksLine {
-                buffer.writeBytes(param.utf8.map { $0 == 0x0D || $0 == 0x0A || $0 == 0 ? UInt8(ascii: " ") : $0 })
-            } else {
-                buffer.writeString(param)
-            }
+        }
+        buffer.writeInteger(UInt8(ascii: " "))
+    }
+
+    /// A space and the parameter; the `last` one gets its ':' when it needs one.
+    static func write(param: String, last: Bool, to buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(ascii: " "))
+        // A CR, LF or NUL inside a parameter would end or corrupt the line for the reader: each
+        // becomes a space (all three are ASCII, so the bytes tell).
+        let breaksLine = param.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0 }
+        if last && (param.isEmpty || param.utf8.first == UInt8(ascii: ":") || breaksLine || param.utf8.contains(UInt8(ascii: " "))) {
+            buffer.writeInteger(UInt8(ascii: ":"))
+        }
+        if breaksLine {
+            buffer.writeBytes(param.utf8.map { $0 == 0x0D || $0 == 0x0A || $0 == 0 ? UInt8(ascii: " ") : $0 })
+        } else {
+            buffer.writeString(param)
         }
     }
 
