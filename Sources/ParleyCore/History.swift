@@ -224,21 +224,21 @@ final class RecentMessages: Sendable {
 /// pass. The log's writer thread hands each room's committed messages to the room's queue, so rooms
 /// are fanned out on all the event loops at once while each room keeps its order.
 ///
-/// The bound is for the loop's other clients: NIO runs every task queued during a pass before it
-/// reads sockets again, so a committed batch of a hundred messages to a thousand members each, run
-/// in one go, would hold every PING on that loop for as long (tens of milliseconds).
+/// The bound is for the loop's other clients: one pass a turn (`NextTurn`), so a committed batch of
+/// hundreds of messages to a thousand members each does not hold every PING on the loop while it is
+/// fanned out.
 public final class PublishQueue: Sendable {
     /// Items (a message each, usually) per pass; the rest wait until the loop has read its sockets.
     /// Each pass ends in one write per member, so more messages a pass means fewer writes a message:
     /// 64 against 16 gave 15% more deliveries in fanout with no slower PING (docs/benchmarks.md).
     static let itemsPerPass = 64
 
-    let loop: any EventLoop
+    let turn: NextTurn
     /// A ring, so taking a pass's items from the front of a long backlog moves nothing.
     private let state = Mutex<(items: CircularBuffer<@Sendable () -> Void>, scheduled: Bool)>((CircularBuffer(), false))
 
-    init(loop: any EventLoop) {
-        self.loop = loop
+    init(turn: NextTurn) {
+        self.turn = turn
     }
 
     public func submit(_ works: [@Sendable () -> Void]) {
@@ -247,7 +247,7 @@ public final class PublishQueue: Sendable {
             defer { state.scheduled = true }
             return !state.scheduled
         }
-        if schedule { loop.execute { self.drain() } }
+        if schedule { turn.loop.execute { self.drain() } }
     }
 
     private func drain() {
@@ -258,16 +258,9 @@ public final class PublishQueue: Sendable {
             state.scheduled = !state.items.isEmpty
             return state.scheduled
         }
-        let started = NIODeadline.now()
         for item in items { item() }
-        // NIO runs every task that is due before it polls its sockets again: a next pass due at once
-        // would run in this same tick, and a backlog would drain in one long tick while no socket is
-        // read (PINGs waited half a second in the rooms benchmark). The next pass is due as long after
-        // this one as this one took, so the deliveries' writes run and the loop reads its sockets first.
-        if more {
-            let took = NIODeadline.now() - started
-            loop.scheduleTask(in: max(.microseconds(50), took)) { self.drain() }
-        }
+        // The next pass waits for the loop's next turn, so that its sockets are read in between.
+        if more { turn.later { self.drain() } }
     }
 }
 

@@ -152,7 +152,7 @@ public final class Hub: Sendable {
     public init(config: HubConfig = HubConfig(), accounts: any AccountStore, hasher: any PasswordHasher,
                 throttle: LoginThrottle = LoginThrottle(), log: (any MessageLog)? = nil,
                 history: HistoryConfig = HistoryConfig(), firstSerial: UInt64 = 1, lastTimeMs: Int64 = 0,
-                recent: [RoomMessage] = [], publishLoops: [any EventLoop] = []) {
+                recent: [RoomMessage] = [], publishTurns: [NextTurn] = []) {
         self.config = config
         self.accounts = accounts
         self.hasher = hasher
@@ -160,7 +160,7 @@ public final class Hub: Sendable {
         self.log = log
         self.history = history
         self.stamper = MessageStamper(firstSerial: firstSerial, lastTimeMs: lastTimeMs)
-        self.publishers = publishLoops.map(PublishQueue.init)
+        self.publishers = publishTurns.map(PublishQueue.init)
         let byRoom = Dictionary(grouping: recent) { NameRules.key($0.room) }
         for (key, messages) in byRoom { _ = recentMessages(forKey: key, initial: messages) }
     }

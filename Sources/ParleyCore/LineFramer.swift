@@ -43,6 +43,9 @@ public struct LineFramer: Sendable {
     /// Bytes received that do not yet form a line.
     public var hasPartialLine: Bool { buffer.readableBytes > 0 || discarding }
 
+    /// Bytes received and not yet taken as lines.
+    public var bufferedBytes: Int { buffer.readableBytes }
+
     /// The next complete line, `.tooLong` for an over-long one, or nil when more input is needed.
     public mutating func next() -> FramedLine? {
         while true {

@@ -64,9 +64,13 @@ public final class IRCDoor: Sendable {
     public let config: IRCDoorConfig
     let formats: IRCFormats
     let sweeper: ConnectionSweeper<IRCConnectionHandler>
+    /// Where a connection with more lines than a turn's share waits for the next turn; without it
+    /// (tests on their own loops) a connection handles all it has read at once.
+    let turns: LoopTurns?
 
-    public init(config: IRCDoorConfig) {
+    public init(config: IRCDoorConfig, turns: LoopTurns? = nil) {
         self.config = config
+        self.turns = turns
         self.formats = IRCFormats(serverName: config.serverName)
         // Fine enough for both timeouts, and no busier than once a second.
         let shortest = min(config.pingInterval, config.registrationTimeout)
@@ -161,6 +165,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
     private var labeledReplies: [IRCMessage] = []
     private var nextBatchNumber = 1
     private var floodPaused = false
+    /// It handled its share of lines this turn and waits for the next.
+    private var turnPaused = false
     private var readPending = false
     private var flood: FloodBucket
     private var wroteSinceFlush = false
@@ -189,7 +195,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         self.flood = FloodBucket(burst: door.config.floodBurst, rate: door.config.floodRate)
     }
 
-    private var paused: Bool { pendingWork > 0 || floodPaused }
+    private var paused: Bool { pendingWork > 0 || floodPaused || turnPaused }
     private var closing: Bool { sink?.isClosing ?? true }
     private var currentNick: String { session?.name ?? nick ?? "*" }
 
@@ -253,7 +259,9 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
     }
 
     public func read(context: ChannelHandlerContext) {
-        if paused {
+        // A connection waiting for its next turn reads on (turning reads off and on costs two
+        // epoll_ctl calls) until a few lines' worth of its input is waiting.
+        if pendingWork > 0 || floodPaused || (turnPaused && framer.bufferedBytes >= NextTurn.bytesHeldPerConnection) {
             readPending = true
         } else {
             context.read()
@@ -279,11 +287,26 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
     // MARK: Lines
 
     private func processLines(_ context: ChannelHandlerContext) {
+        var handled = 0
         while !paused && !closing, let framed = framer.next() {
             handle(framed, context)
             if let wait = flood.spend() { pauseForFlood(context, wait) }
+            handled += 1
+            if handled == NextTurn.linesPerConnection, framer.hasPartialLine, !paused, let turn = door.turns?.turn(for: context.eventLoop) {
+                pauseForTurn(context, turn)
+            }
         }
         flushIfNeeded(context)
+    }
+
+    /// The rest of what it sent waits for the loop's next turn, after every other connection has
+    /// had its share of this one.
+    private func pauseForTurn(_ context: ChannelHandlerContext, _ turn: NextTurn) {
+        turnPaused = true
+        turn.later {
+            self.turnPaused = false
+            self.resume(context)
+        }
     }
 
     private func pauseForFlood(_ context: ChannelHandlerContext, _ wait: TimeAmount) {

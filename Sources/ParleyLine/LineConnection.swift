@@ -24,11 +24,13 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
 
     private let hub: Hub
     private let config: LineDoorConfig
+    private let turns: LoopTurns?
     private var line: LineSession?
 
-    public init(hub: Hub, config: LineDoorConfig) {
+    public init(hub: Hub, config: LineDoorConfig, turns: LoopTurns? = nil) {
         self.hub = hub
         self.config = config
+        self.turns = turns
     }
 
     public func channelActive(context: ChannelHandlerContext) {
@@ -37,7 +39,7 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
             if let bye = format.render(.goodbye(.sendqExceeded)) { last.writeImmutableBuffer(bye) }
             return last
         }
-        let line = LineSession(hub: hub, config: config, sink: sink)
+        let line = LineSession(hub: hub, config: config, sink: sink, turn: turns?.turn(for: context.eventLoop))
         self.line = line
         let boundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
         line.onInputWanted = { boundContext.value.read() }

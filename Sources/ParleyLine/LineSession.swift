@@ -31,6 +31,9 @@ public final class LineSession {
     private var awaitingCommand = false
     /// Over the flood allowance: input is paused until the bucket refills.
     private var floodPaused = false
+    /// It handled its share of lines this turn and waits for the next (`NextTurn`).
+    private var turnPaused = false
+    private let turn: NextTurn?
     /// The transport wanted to read while the session was paused.
     private var readPending = false
     private var flood: FloodBucket
@@ -41,16 +44,19 @@ public final class LineSession {
     /// Called when the session, paused while the transport wanted to read, can take input again.
     public var onInputWanted: (() -> Void)?
 
-    public init(hub: Hub, config: LineDoorConfig, sink: any LineSessionSink) {
+    /// `turn`: its loop's, where it waits when it has more lines than a turn's share; nil: it
+    /// handles all it has read at once.
+    public init(hub: Hub, config: LineDoorConfig, sink: any LineSessionSink, turn: NextTurn? = nil) {
         self.hub = hub
         self.config = config
         self.sink = sink
+        self.turn = turn
         self.eventLoop = sink.eventLoop
         self.framer = LineFramer(maxLineLength: config.maxLineLength)
         self.flood = FloodBucket(burst: config.floodBurst, rate: config.floodRate)
     }
 
-    private var paused: Bool { awaitingCommand || floodPaused }
+    private var paused: Bool { awaitingCommand || floodPaused || turnPaused }
     private var closing: Bool { sink.isClosing }
     /// Whether the session is waiting (for a slow command or for flood control) before taking more input.
     public var isPaused: Bool { paused }
@@ -83,7 +89,9 @@ public final class LineSession {
     /// Whether the transport may read more input now. While paused the answer is no, and
     /// `onInputWanted` is called once input is welcome again.
     public func shouldReadInput() -> Bool {
-        guard paused else { return true }
+        // Waiting for its turn, it reads on (turning reads off and on costs two epoll_ctl calls)
+        // until a few lines' worth of its input is waiting.
+        guard awaitingCommand || floodPaused || (turnPaused && framer.bufferedBytes >= NextTurn.bytesHeldPerConnection) else { return true }
         readPending = true
         return false
     }
@@ -102,9 +110,19 @@ public final class LineSession {
     // MARK: Lines
 
     private func processLines() {
+        var handled = 0
         while !paused && !closing, let framed = framer.next() {
             handle(framed)
             spendToken()
+            handled += 1
+            if handled == NextTurn.linesPerConnection, framer.hasPartialLine, !paused, let turn {
+                turnPaused = true
+                let session = NIOLoopBound(self, eventLoop: eventLoop)
+                turn.later {
+                    session.value.turnPaused = false
+                    session.value.resume()
+                }
+            }
         }
         flushIfNeeded()
         if let quietPeriod = config.quietPeriod, !paused && !closing && framer.hasPartialLine && quietTimer == nil {

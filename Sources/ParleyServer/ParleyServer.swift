@@ -57,10 +57,14 @@ public final class ParleyServer: Sendable {
     /// The UDP doors' counters (all UDP listeners together).
     public let udpCounters = UDPCounters()
     private let group: MultiThreadedEventLoopGroup
+    /// Each loop's next turn, woken through a pipe of its own once `start` has made them.
+    private let turns: LoopTurns
     private let hashPool: NIOThreadPool
 
     private struct State {
         var serverChannels: [any Channel] = []
+        /// The pipes that wake each loop for its `NextTurn`.
+        var wakerChannels: [any Channel] = []
         /// UDP listeners: each is its sessions' connection too, so it closes after they have ended.
         var datagramChannels: [(channel: any Channel, drained: EventLoopFuture<Void>)] = []
         var connections: [ObjectIdentifier: any Channel] = [:]
@@ -75,6 +79,7 @@ public final class ParleyServer: Sendable {
         hashPool = NIOThreadPool(numberOfThreads: max(1, System.coreCount - 1))
         hashPool.start()
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, config.threads))
+        turns = LoopTurns(loops: Array(group.makeIterator()))
         let hubConfig = HubConfig(requireLogin: config.requireLogin, minimumPasswordLength: config.minimumPasswordLength,
                                   quietRoomSize: config.quietRoomSize)
         let hasher = BcryptHasher(cost: config.bcryptCost, pool: hashPool)
@@ -90,7 +95,7 @@ public final class ParleyServer: Sendable {
             self.log = log
             hub = Hub(config: hubConfig, accounts: store, hasher: hasher, log: log, history: config.history,
                       firstSerial: resumed.nextSerial, lastTimeMs: resumed.lastTimeMs, recent: resumed.recent,
-                      publishLoops: Array(group.makeIterator()))
+                      publishTurns: turns.all)
         } else {
             log = nil
             // Nothing is stored, so nothing says where ids stopped last time: start from the clock,
@@ -104,6 +109,10 @@ public final class ParleyServer: Sendable {
     public func start() async throws -> [BoundListener] {
         var bound: [BoundListener] = []
         do {
+            for turn in turns.all {
+                let waker = try await TurnWaker.attach(to: turn)
+                state.withLock { $0.wakerChannels.append(waker) }
+            }
             for address in config.listeners {
                 let channel: any Channel
                 if address.scheme == .udp {
@@ -132,7 +141,8 @@ public final class ParleyServer: Sendable {
             irc.historyLimit = config.keepHistory ? 100 : nil
             return irc
         }()
-        let ircDoor = IRCDoor(config: ircConfig)
+        let turns = self.turns
+        let ircDoor = IRCDoor(config: ircConfig, turns: turns)
         let limit = config.outboundLimit
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 4096)
@@ -149,7 +159,7 @@ public final class ParleyServer: Sendable {
                 return channel.eventLoop.makeCompletedFuture {
                     switch address.scheme {
                     case .line:
-                        try channel.pipeline.syncOperations.addHandler(LineConnectionHandler(hub: hub, config: lineConfig))
+                        try channel.pipeline.syncOperations.addHandler(LineConnectionHandler(hub: hub, config: lineConfig, turns: turns))
                     case .irc:
                         try channel.pipeline.syncOperations.addHandler(IRCConnectionHandler(hub: hub, door: ircDoor))
                     case .udp:
@@ -246,6 +256,7 @@ public final class ParleyServer: Sendable {
             group.cancelAll()
         }
         for (channel, _) in datagramChannels { try? await channel.close() }
+        for channel in state.withLock({ $0.wakerChannels }) { try? await channel.close() }
         // Everything accepted is stored before the database closes.
         await log?.close()
         try? store.close()

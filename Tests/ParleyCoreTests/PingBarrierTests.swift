@@ -44,7 +44,7 @@ final class Flag: Sendable {
     /// A PING waits for the messages accepted before it in its client's rooms, and for nothing else.
     @Test func aPingWaitsForItsRoomsMessagesOnly() throws {
         let log = HeldLog()
-        let hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), log: log, publishLoops: [loop])
+        let hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), log: log, publishTurns: [NextTurn(loop: loop)])
         func connect(_ name: String) throws -> (Session, RecordingSink) {
             let sink = RecordingSink(loop: loop, format: EventFormat())
             let session = try hub.connect(door: "test", address: "127.0.0.1:1", sink: sink, name: name, user: nil, joinLobby: false)
@@ -90,7 +90,7 @@ final class Flag: Sendable {
     /// A message that could not be stored settles too; a PING is not held up by it forever.
     @Test func aRefusedMessageDoesNotHoldAPing() throws {
         let log = HeldLog()
-        let hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), log: log, publishLoops: [loop])
+        let hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), log: log, publishTurns: [NextTurn(loop: loop)])
         let sink = RecordingSink(loop: loop, format: EventFormat())
         let session = hub.connect(door: "test", address: "127.0.0.1:1", sink: sink)!
         try hub.say(session, room: "#lobby", text: "lost")

@@ -178,6 +178,20 @@ import Testing
         }
     }
 
+    /// A connection handles a turn's share of lines and waits for the loop's next turn for the rest.
+    @Test func aBurstIsHandledWholeAndInOrderAcrossTurns() async throws {
+        try await withServer({ $0.line.floodRate = 0 }) { server in
+            let sender = try await server.client()
+            let listener = try await server.client()
+            var burst = ""
+            for i in 0..<150 { burst += "burst \(i)\n" }
+            try await sender.sendRaw(Array(burst.utf8))
+            for i in 0..<150 {
+                #expect(try await listener.expect(prefix: "MSG ").hasSuffix(": burst \(i)"))
+            }
+        }
+    }
+
     @Test func aClientThatStopsReadingIsDisconnectedAndOthersContinue() async throws {
         try await withServer({ $0.outboundLimit = 64 * 1024; $0.line.floodRate = 0 }) { server in
             let slow = try await LineClient.connect(host: "127.0.0.1", port: server.port, receiveBufferSize: 4096)

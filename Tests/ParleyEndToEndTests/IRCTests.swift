@@ -132,6 +132,33 @@ import Testing
         }
     }
 
+    /// A client handles a turn's share of lines and then waits for the loop's next turn (so that
+    /// others are read in between): a burst far past that share still arrives whole, in order, and
+    /// the PING behind it is answered after it.
+    @Test func aBurstOfLinesIsHandledWholeAndInOrderAcrossTurns() async throws {
+        try await withServer { server in
+            let hal = try await IRCTestClient.connect(server)
+            try await hal.register("hal")
+            let ivy = try await IRCTestClient.connect(server)
+            try await ivy.register("ivy")
+            try await hal.send("JOIN #den")
+            _ = try await hal.expect("366")
+            try await ivy.send("JOIN #den")
+            _ = try await ivy.expect("366")
+            _ = try await hal.expect("JOIN")
+            let count = 150
+            try await ivy.send((1...count).map { "PRIVMSG #den :line \($0)" }.joined(separator: "\r\n") + "\r\nPING :after")
+            for number in 1...count {
+                #expect(try await hal.next().params == ["#den", "line \(number)"])
+            }
+            let pong = try await ivy.expect("PONG")
+            #expect(pong.params.last == "after")
+            // hal, who sent nothing, is answered as at rest.
+            try await hal.send("PING :quiet")
+            #expect(try await hal.expect("PONG").params.last == "quiet")
+        }
+    }
+
     @Test func echoMessageAndServerTime() async throws {
         try await withServer { server in
             let jo = try await IRCTestClient.connect(server)

@@ -1,0 +1,86 @@
+import NIOCore
+
+/// Work for an event loop's next turn: after the loop has polled its sockets again.
+///
+/// NIO runs every task that is due before it polls, tasks queued while it runs them included, so
+/// work handed on as tasks cannot let the sockets in: under load a loop's turn grew to whatever the
+/// connections had sent (200 to 480 ms in the rooms benchmark, a thousand clients with 16 lines
+/// each), and a PING read at the start of it was answered at its end. What waits here runs when the
+/// loop is woken through a pipe it watches (`attach`), so it comes up among the sockets' reads of the
+/// next turn, in the order it was put off. Before a pipe is attached (tests, or a loop without one)
+/// it runs as a task instead.
+// @unchecked Sendable: `waiting`, `running`, `armed` and `wake` are read and written only on `loop`
+// (`later`, `attach`, `detach` and `run` assert it); `loop` is a constant.
+public final class NextTurn: @unchecked Sendable {
+    public let loop: any EventLoop
+    private var waiting: [() -> Void] = []
+    /// The list being run, kept to reuse its storage.
+    private var running: [() -> Void] = []
+    private var armed = false
+    private var wake: (() -> Void)?
+
+    public init(loop: any EventLoop) {
+        self.loop = loop
+    }
+
+    /// Runs `body` on the loop's next turn, after everything put off before it. Call on the loop.
+    public func later(_ body: @escaping () -> Void) {
+        loop.preconditionInEventLoop()
+        waiting.append(body)
+        guard !armed else { return }
+        armed = true
+        if let wake {
+            wake()
+        } else {
+            loop.execute { self.run() }
+        }
+    }
+
+    /// From now on the loop is woken by `wake`, which must make the loop's next poll find something
+    /// that leads to `run()` (a byte written to a pipe whose reader calls it). Call on the loop.
+    public func attach(wake: @escaping () -> Void) {
+        loop.preconditionInEventLoop()
+        self.wake = wake
+    }
+
+    /// Back to tasks (the pipe is closing); what waits still runs. Call on the loop.
+    public func detach() {
+        loop.preconditionInEventLoop()
+        wake = nil
+        if armed { loop.execute { self.run() } }
+    }
+
+    /// Runs what was put off until now; what it puts off in turn waits for the next turn.
+    public func run() {
+        loop.preconditionInEventLoop()
+        armed = false
+        swap(&waiting, &running)
+        for body in running { body() }
+        running.removeAll(keepingCapacity: true)
+    }
+}
+
+/// The `NextTurn` of each event loop of a group, fixed when the server starts.
+public struct LoopTurns: Sendable {
+    public let all: [NextTurn]
+    private let byLoop: [ObjectIdentifier: NextTurn]
+
+    public init(loops: [any EventLoop]) {
+        all = loops.map(NextTurn.init)
+        byLoop = Dictionary(uniqueKeysWithValues: all.map { (ObjectIdentifier($0.loop), $0) })
+    }
+
+    /// The turn of `loop`; nil for a loop outside the group.
+    public func turn(for loop: any EventLoop) -> NextTurn? {
+        byLoop[ObjectIdentifier(loop)]
+    }
+}
+
+extension NextTurn {
+    /// Lines a connection handles in one turn; the rest of what it sent waits for the next turn. A
+    /// turn then holds at most this many lines from each connection (and their fan-out), so a client
+    /// that sends little is answered within a turn however much the others send.
+    /// Input a connection waiting for its turn may hold before it stops reading (backpressure).
+    public static let bytesHeldPerConnection = 8192
+    public static let linesPerConnection = 16
+}
