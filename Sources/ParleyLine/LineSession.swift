@@ -117,10 +117,9 @@ public final class LineSession {
             handled += 1
             if handled == NextTurn.linesPerConnection, framer.hasPartialLine, !paused, let turn {
                 turnPaused = true
-                let session = NIOLoopBound(self, eventLoop: eventLoop)
                 turn.later {
-                    session.value.turnPaused = false
-                    session.value.resume()
+                    self.turnPaused = false
+                    self.resume()
                 }
             }
         }
