@@ -18,6 +18,14 @@ public protocol AccountStore: Sendable {
     /// Creates the account; returns false when the name (case-insensitively) is taken.
     func createAccount(_ record: AccountRecord) async throws -> Bool
     func account(named name: String) async throws -> AccountRecord?
+    /// Whether an account has this name (case-insensitively).
+    func accountExists(named name: String) async throws -> Bool
+}
+
+extension AccountStore {
+    public func accountExists(named name: String) async throws -> Bool {
+        try await account(named: name) != nil
+    }
 }
 
 /// A slow salted password hash. Implementations run off the event loops (a thread pool).

@@ -894,7 +894,7 @@ public final class Hub: Sendable {
 
     public func accountExists(_ name: String) async throws(HubError) -> Bool {
         do {
-            return try await accounts.account(named: name) != nil
+            return try await accounts.accountExists(named: name)
         } catch {
             throw .storeFailed("check the name")
         }

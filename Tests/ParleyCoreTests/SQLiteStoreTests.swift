@@ -11,6 +11,9 @@ import ParleyCore
             let store = try SQLiteStore(directory: directory)
             #expect(try await store.createAccount(AccountRecord(name: "Alice", passwordHash: "h", createdAt: Date())))
             #expect(try await store.createAccount(AccountRecord(name: "alice", passwordHash: "h2", createdAt: Date())) == false)
+            // Names known without a read: the one just made, in any case.
+            #expect(try await store.accountExists(named: "ALICE"))
+            #expect(try await store.accountExists(named: "bob") == false)
             try store.close()
         }
         let reopened = try SQLiteStore(directory: directory)
@@ -18,6 +21,9 @@ import ParleyCore
         #expect(record?.name == "Alice")
         #expect(record?.passwordHash == "h")
         #expect(try await reopened.account(named: "bob") == nil)
+        // Loaded from the table when the store opens.
+        #expect(try await reopened.accountExists(named: "alice"))
+        #expect(try await reopened.accountExists(named: "bob") == false)
         try reopened.close()
     }
 
