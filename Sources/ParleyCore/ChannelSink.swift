@@ -62,8 +62,22 @@ public final class ChannelSink: SessionSink {
         // One allocation for a typical pass's worth, rather than a doubling per few copies.
         if gathered.capacity == 0 { gathered.reserveCapacity(max(1024, bytes.readableBytes)) }
         gathered.writeImmutableBuffer(bytes)
-        // The outbound limit is checked where bytes reach the channel (here, and after each flush), not
-        // per copy: a member of a busy room gets hundreds of copies a pass.
+        handOverIfBig()
+    }
+
+    /// Like `enqueue`, but `write` puts the bytes straight into the gathered output: a door's reply
+    /// line needs no buffer of its own (the welcome burst is twenty of them).
+    public func enqueue(writing write: (inout ByteBuffer) -> Void) {
+        guard !isClosing else { return }
+        channel.eventLoop.assertInEventLoop()
+        if gathered.capacity == 0 { gathered.reserveCapacity(1024) }
+        write(&gathered)
+        handOverIfBig()
+    }
+
+    /// The outbound limit is checked where bytes reach the channel (here, and after each flush), not
+    /// per copy: a member of a busy room gets hundreds of copies a pass.
+    private func handOverIfBig() {
         if gathered.readableBytes >= Self.writeChunk {
             handOver()
             enforceOutboundLimit()

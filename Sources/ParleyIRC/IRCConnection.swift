@@ -1708,7 +1708,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
     /// Through the sink, so that replies stay in order with the hub's messages gathered there.
     private func write(_ context: ChannelHandlerContext, _ message: IRCMessage) {
         guard let sink else { return }
-        sink.enqueue(message.wireLine)
+        sink.enqueue { message.writeLine(to: &$0) }
         wroteSinceFlush = true
         sink.enforceOutboundLimit()
     }
