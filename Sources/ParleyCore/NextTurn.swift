@@ -80,7 +80,7 @@ extension NextTurn {
     /// Lines a connection handles in one turn; the rest of what it sent waits for the next turn. A
     /// turn then holds at most this many lines from each connection (and their fan-out), so a client
     /// that sends little is answered within a turn however much the others send.
+    public static let linesPerConnection = 16
     /// Input a connection waiting for its turn may hold before it stops reading (backpressure).
     public static let bytesHeldPerConnection = 8192
-    public static let linesPerConnection = 16
 }
