@@ -212,14 +212,13 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         var run: [LoggedMessage] = []
         run.reserveCapacity(jobs.count)
         func insertRun() throws {
-            try Self.insert(run, db)
+            try Self.insert(run, db, trackRooms: trackRooms, rooms: &rooms)
             run.removeAll(keepingCapacity: true)
         }
         for job in jobs {
             switch job {
             case .append(let append):
                 run.append(append.message)
-                if trackRooms, case .room(let message) = append.message { rooms.insert(NameRules.key(message.room)) }
             case .markPending(let serial, let account):
                 try insertRun()
                 try db.execute(sql: "UPDATE message SET pendingFor = ? WHERE id = ?", arguments: [account, Int64(bitPattern: serial)])
@@ -241,32 +240,30 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
     /// and its end, `sqlite3VdbeHalt`, a quarter of a one-row insert in the writer's profile) that
     /// several rows share.
     static let maxRowsPerInsert = 32
-    /// `INSERT ... VALUES (...)` for 1, 2, 4, ... `maxRowsPerInsert` rows, made once.
-    static let insertSQL: [Int: String] = {
-        var statements: [Int: String] = [:]
-        var rows = 1
-        while rows <= maxRowsPerInsert {
-            let row = "(" + Array(repeating: "?", count: Int(columnsPerRow)).joined(separator: ", ") + ")"
-            statements[rows] = """
-                INSERT INTO message (id, target, time, kind, sender, senderUser, senderHost, senderAccount, recipient, text, tags, pendingFor)
-                VALUES \(Array(repeating: row, count: rows).joined(separator: ", "))
-                """
-            rows *= 2
+    /// `INSERT ... VALUES (...)` for 1, 2, 4, ... `maxRowsPerInsert` rows, made once; the statement
+    /// for `rows` (a power of two) is at `rows.trailingZeroBitCount`.
+    static let insertSQL: [String] = {
+        let row = "(" + Array(repeating: "?", count: Int(columnsPerRow)).joined(separator: ", ") + ")"
+        return (0...maxRowsPerInsert.trailingZeroBitCount).map { power in
+            """
+            INSERT INTO message (id, target, time, kind, sender, senderUser, senderHost, senderAccount, recipient, text, tags, pendingFor)
+            VALUES \(Array(repeating: row, count: 1 << power).joined(separator: ", "))
+            """
         }
-        return statements
     }()
 
-    /// Inserts `messages` in order, as few statements as the sizes allow (32 + 8 + 2 for 42).
-    private static func insert(_ messages: [LoggedMessage], _ db: Database) throws {
+    /// Inserts `messages` in order, as few statements as the sizes allow (32 + 8 + 2 for 42); when
+    /// `trackRooms`, adds the rooms written to `rooms`.
+    private static func insert(_ messages: [LoggedMessage], _ db: Database, trackRooms: Bool, rooms: inout Set<String>) throws {
         var start = 0
         while start < messages.count {
             var rows = maxRowsPerInsert
             while rows > messages.count - start { rows /= 2 }
-            guard let sql = insertSQL[rows] else { break }
-            let handle = try db.cachedStatement(sql: sql).sqliteStatement
+            let handle = try db.cachedStatement(sql: insertSQL[rows.trailingZeroBitCount]).sqliteStatement
             sqlite3_reset(handle)
             for row in 0..<rows {
-                bind(messages[start + row], from: Int32(row) * columnsPerRow + 1, handle)
+                let target = bind(messages[start + row], from: Int32(row) * columnsPerRow + 1, handle)
+                if trackRooms, target.hasPrefix("#") { rooms.insert(target) }
             }
             let code = sqlite3_step(handle)
             guard code == SQLITE_DONE else {
@@ -278,8 +275,8 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
 
     /// Binds one message's columns, from parameter `first` on, straight to SQLite: this runs once per
     /// message on the one writer thread, and GRDB's `StatementArguments` (an array of existentials
-    /// per row) cost more than the insert itself.
-    private static func bind(_ logged: LoggedMessage, from first: Int32, _ handle: OpaquePointer) {
+    /// per row) cost more than the insert itself. Returns the row's target.
+    private static func bind(_ logged: LoggedMessage, from first: Int32, _ handle: OpaquePointer) -> String {
         let (serial, target, time, kind, sender, recipient, text, tags, pendingFor): (UInt64, String, Date, MessageKind, Speaker, String, String, [MessageTag], String?)
         switch logged {
         case .room(let message):
@@ -301,6 +298,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         bind(text, first + 9, handle)
         bind(TagCoding.encode(tags), first + 10, handle)
         bind(pendingFor, first + 11, handle)
+        return target
     }
 
     /// SQLite copies the text (SQLITE_TRANSIENT), so the Swift string's storage need not outlive the call.

@@ -159,6 +159,21 @@ import Testing
         try store.close()
     }
 
+    /// The writer prunes by count the rooms its transactions wrote to, between transactions.
+    @Test func theWriterPrunesTheRoomsItWroteTo() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteStore(directory: directory)
+        let log = SQLiteMessageLog(store: store, retention: .init(maxPerRoom: 2, interval: .zero))
+        _ = await append((1...7).map { .room(Self.roomMessage($0, room: $0 <= 5 ? "#dev" : "#ops")) }, to: log)
+        // A barrier runs after the writer's next pass, so after the prune that followed the appends.
+        await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in log.barrier { done.resume() } }
+        #expect(try await log.messages(target: "#dev", in: HistoryRange(limit: 20, newestFirst: true)).map(\.serial) == [4, 5])
+        #expect(try await log.messages(target: "#ops", in: HistoryRange(limit: 20, newestFirst: true)).map(\.serial) == [6, 7])
+        #expect(log.messagesPruned.load(ordering: .relaxed) == 3)
+        await log.close()
+        try store.close()
+    }
+
     @Test func resumingAfterARestartContinuesIdsAndReplays() async throws {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         do {
