@@ -58,7 +58,7 @@ public final class ChannelSink: SessionSink {
 
     public func enqueue(_ bytes: ByteBuffer) {
         guard !isClosing else { return }
-        channel.eventLoop.assertInEventLoop()
+        assertOnLoop()
         // One allocation for a typical pass's worth, rather than a doubling per few copies.
         if gathered.capacity == 0 { gathered.reserveCapacity(max(1024, bytes.readableBytes)) }
         gathered.writeImmutableBuffer(bytes)
@@ -69,7 +69,7 @@ public final class ChannelSink: SessionSink {
     /// line needs no buffer of its own (the welcome burst is twenty of them).
     public func enqueue(writing write: (inout ByteBuffer) -> Void) {
         guard !isClosing else { return }
-        channel.eventLoop.assertInEventLoop()
+        assertOnLoop()
         if gathered.capacity == 0 { gathered.reserveCapacity(1024) }
         write(&gathered)
         handOverIfBig()
@@ -84,16 +84,27 @@ public final class ChannelSink: SessionSink {
         }
     }
 
-    /// As the protocol's default, with direct calls: this runs once per copy of every message.
-    public func deliver(_ bytes: ByteBuffer) {
-        enqueue(bytes)
+    /// `enqueue` then `flushQueued`, from bytes lent by the hub: this runs once per copy of every
+    /// message, and copying from the shared rendering costs no retain and release of its buffer.
+    public func deliver(_ bytes: UnsafeRawBufferPointer) {
+        guard !isClosing else { return }
+        assertOnLoop()
+        if gathered.capacity == 0 { gathered.reserveCapacity(max(1024, bytes.count)) }
+        gathered.writeBytes(bytes)
+        handOverIfBig()
         flushQueued()
+    }
+
+    /// Checks the loop in debug builds only. `channel.eventLoop.assertInEventLoop()` would still call
+    /// the channel's `eventLoop` getter in release builds (a retain and a release per copy).
+    private func assertOnLoop() {
+        assert(channel.eventLoop.inEventLoop, "a ChannelSink is used only on its channel's event loop")
     }
 
     /// Gives the gathered output to the channel (unflushed), leaving an empty buffer that holds no
     /// memory, so an idle connection costs nothing here.
     private func handOver() {
-        channel.eventLoop.assertInEventLoop()
+        assertOnLoop()
         guard gathered.readableBytes > 0 else { return }
         channel.write(gathered, promise: nil)
         gathered = ByteBuffer()
@@ -126,7 +137,10 @@ public final class ChannelSink: SessionSink {
     /// Coalesces: the flush runs after the tasks already queued on this loop, so a client that is
     /// handed many messages in one loop pass (a busy room) gets them in one `writev`, not one each.
     public func flushQueued() {
-        guard !isClosing, !flushScheduled.exchange(true, ordering: .relaxed) else { return }
+        // The load first: after a pass's first copy the flush is queued, and a plain read is cheaper
+        // than the locked exchange.
+        guard !isClosing, !flushScheduled.load(ordering: .relaxed),
+              !flushScheduled.exchange(true, ordering: .relaxed) else { return }
         channel.eventLoop.execute {
             self.flushScheduled.store(false, ordering: .relaxed)
             self.flushNow()

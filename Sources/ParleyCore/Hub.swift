@@ -1186,26 +1186,36 @@ struct DeliveryBatch: Sendable {
         }
     }
 
-    /// Hands each sink its rendering; indexes rather than iterates, so no sink is copied on the way.
+    /// Hands each sink its rendering, lending its bytes, so that a recipient costs no copy of the
+    /// buffer (a retain and a release). In order: a recipient put last (a sender's echo) gets its
+    /// copy last.
     func deliver(_ copies: [ByteBuffer]) {
+        if copies.count == 1 {
+            copies[0].withUnsafeReadableBytes { bytes in
+                for index in sinks.indices { sinks[index].deliver(bytes) }
+            }
+            return
+        }
         for index in sinks.indices {
-            sinks[index].deliver(copies[Int(formats[index])])
+            copies[Int(formats[index])].withUnsafeReadableBytes { sinks[index].deliver($0) }
         }
     }
 
     /// A planned room message: every sink but the sender's gets its rendering (none when its format
-    /// renders nothing); the sender's comes last, when `echo`.
+    /// renders nothing), one pass over the sinks per rendering (there are a handful); the sender's
+    /// comes last, when `echo`.
     func deliver(_ copies: [ByteBuffer?], except sender: any SessionSink, echo: Bool) {
         var senderCopy: ByteBuffer?
-        for index in sinks.indices {
-            guard let copy = copies[Int(formats[index])] else { continue }
-            if sinks[index] === sender {
-                senderCopy = copy
-            } else {
-                sinks[index].deliver(copy)
+        for (which, copy) in copies.enumerated() {
+            guard let copy else { continue }
+            let which = UInt8(truncatingIfNeeded: which)
+            copy.withUnsafeReadableBytes { bytes in
+                for index in sinks.indices where formats[index] == which {
+                    if sinks[index] === sender { senderCopy = copy } else { sinks[index].deliver(bytes) }
+                }
             }
         }
-        if echo, let senderCopy { sender.deliver(senderCopy) }
+        if echo, let senderCopy { senderCopy.withUnsafeReadableBytes { sender.deliver($0) } }
     }
 }
 

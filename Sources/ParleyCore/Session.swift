@@ -17,7 +17,9 @@ public protocol SessionSink: AnyObject, Sendable {
     /// Flushes what `enqueue` queued in this loop pass.
     func flushQueued()
     /// A copy of an event: `enqueue`, then `flushQueued` (one call, as the hub makes it per recipient).
-    func deliver(_ bytes: ByteBuffer)
+    /// The bytes are lent for the call (the hub's one rendering, shared by every recipient): a sink
+    /// that keeps them copies them.
+    func deliver(_ bytes: UnsafeRawBufferPointer)
     /// Sends `finalBytes` (when given), then closes the connection.
     func disconnect(finalBytes: ByteBuffer?)
     /// Whether the sender gets a copy of its own room and direct messages.
@@ -27,8 +29,8 @@ public protocol SessionSink: AnyObject, Sendable {
 extension SessionSink {
     public var receivesOwnMessages: Bool { true }
 
-    public func deliver(_ bytes: ByteBuffer) {
-        enqueue(bytes)
+    public func deliver(_ bytes: UnsafeRawBufferPointer) {
+        enqueue(ByteBuffer(bytes: bytes))
         flushQueued()
     }
 }
