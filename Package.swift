@@ -70,10 +70,12 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // mallopt, which Swift's Glibc module does not export.
+        .target(name: "CHeapTuning"),
         .executableTarget(
             name: "parley",
             dependencies: [
-                "ParleyServer", "ParleyClient", "ParleyUDP",
+                "ParleyServer", "ParleyClient", "ParleyUDP", "CHeapTuning",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CHeapTuning
 import Dispatch
 import Foundation
 import ParleyClient
@@ -141,6 +142,7 @@ struct Serve: AsyncParsableCommand {
         }
 
         raiseOpenFileLimit()
+        keepFreedHeapTop()
         // Watch signals before announcing the listeners: a script may signal as soon as it reads them.
         let (stops, stop) = AsyncStream<String>.makeStream()
         let signals = watchSignals { stop.yield($0) }
@@ -166,6 +168,15 @@ struct Serve: AsyncParsableCommand {
         await server.shutdown()
         signals.forEach { $0.cancel() }
         emit("stopped")
+    }
+
+    /// glibc gives the free top of the heap back to the system once 128 KiB of it is free, and a
+    /// busy loop takes it back on its next pass, a page fault per 4 KiB: each member of a busy room
+    /// has its gathered output allocated and freed every pass (measured in fan-out to 100 clients:
+    /// 23,000 faults a second, about none with these settings). Keeping up to 1 MiB costs the server
+    /// at most that much memory.
+    private func keepFreedHeapTop() {
+        parley_keep_heap_top(1 << 20, 256 << 10)
     }
 
     /// SIGINT and SIGTERM become a clean shutdown instead of killing the process.
