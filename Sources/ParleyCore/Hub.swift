@@ -1160,18 +1160,44 @@ struct DeliveryBatch: Sendable {
     let loop: any EventLoop
     let loopID: ObjectIdentifier
     private(set) var sinks: [any SessionSink] = []
+    /// The same sinks where they are `ChannelSink`s (the TCP doors'), unretained: a copy to one is a
+    /// direct call, without the retain and release that calling through the existential costs (a
+    /// pair per copy, about 7% of fan-out's samples). Safe because `sinks` holds each of them for as
+    /// long as the batch exists, and a batch is only used while it exists.
+    private var channelSinks: [Unmanaged<ChannelSink>?] = []
     private(set) var formats: [UInt8] = []
 
     init(loop: any EventLoop, loopID: ObjectIdentifier, capacity: Int) {
         self.loop = loop
         self.loopID = loopID
         sinks.reserveCapacity(capacity)
+        channelSinks.reserveCapacity(capacity)
         formats.reserveCapacity(capacity)
     }
 
     mutating func append(_ sink: any SessionSink, _ format: UInt8) {
         sinks.append(sink)
+        channelSinks.append((sink as? ChannelSink).map { Unmanaged.passUnretained($0) })
         formats.append(format)
+    }
+
+    /// Where `sink` is in the batch, comparing addresses (a `ChannelSink` is not loaded to compare).
+    private func index(of sink: any SessionSink) -> Int? {
+        let address = UnsafeMutableRawPointer(Unmanaged.passUnretained(sink as AnyObject).toOpaque())
+        return sinks.indices.first { index in
+            if let channelSink = channelSinks[index] { return channelSink.toOpaque() == address }
+            return sinks[index] === sink
+        }
+    }
+
+    /// Hands the sink at `index` its copy.
+    @inline(__always)
+    private func deliver(_ bytes: UnsafeRawBufferPointer, toSinkAt index: Int) {
+        if let sink = channelSinks[index] {
+            sink._withUnsafeGuaranteedRef { $0.deliver(bytes) }
+        } else {
+            sinks[index].deliver(bytes)
+        }
     }
 
     /// Puts a session's sink, with the index of its rendering, into the batch of its loop (made when
@@ -1192,12 +1218,12 @@ struct DeliveryBatch: Sendable {
     func deliver(_ copies: [ByteBuffer]) {
         if copies.count == 1 {
             copies[0].withUnsafeReadableBytes { bytes in
-                for index in sinks.indices { sinks[index].deliver(bytes) }
+                for index in sinks.indices { deliver(bytes, toSinkAt: index) }
             }
             return
         }
         for index in sinks.indices {
-            copies[Int(formats[index])].withUnsafeReadableBytes { sinks[index].deliver($0) }
+            copies[Int(formats[index])].withUnsafeReadableBytes { deliver($0, toSinkAt: index) }
         }
     }
 
@@ -1206,12 +1232,14 @@ struct DeliveryBatch: Sendable {
     /// comes last, when `echo`.
     func deliver(_ copies: [ByteBuffer?], except sender: any SessionSink, echo: Bool) {
         var senderCopy: ByteBuffer?
+        // Found once, so the loop below compares indexes rather than loading each sink.
+        let senderIndex = index(of: sender) ?? -1
         for (which, copy) in copies.enumerated() {
             guard let copy else { continue }
             let which = UInt8(truncatingIfNeeded: which)
             copy.withUnsafeReadableBytes { bytes in
                 for index in sinks.indices where formats[index] == which {
-                    if sinks[index] === sender { senderCopy = copy } else { sinks[index].deliver(bytes) }
+                    if index == senderIndex { senderCopy = copy } else { deliver(bytes, toSinkAt: index) }
                 }
             }
         }
