@@ -232,13 +232,23 @@ public final class PublishQueue: Sendable {
     /// Each pass ends in one write per member, so more messages a pass means fewer writes a message:
     /// 64 against 16 gave 15% more deliveries in fanout with no slower PING (docs/benchmarks.md).
     static let itemsPerPass = 64
+    /// Past `itemsPerPass` a pass goes on while its items averaged at least `bigRoomDeliveries` copies
+    /// (messages to big rooms, whose members a longer pass reaches with no more writes) and it made
+    /// fewer than `deliveriesPerPass`: with 100 members, all of 160 messages in flight in one pass.
+    /// Small rooms' messages stop at 64, as each adds members to write to; a thousand members' at 64
+    /// too (64,000 copies, a turn of tens of milliseconds).
+    static let bigRoomDeliveries = 50
+    static let deliveriesPerPass = 16_384
 
     let turn: NextTurn
+    /// The hub's count of copies handed out, read before and during a pass.
+    private let deliveries: @Sendable () -> Int
     /// A ring, so taking a pass's items from the front of a long backlog moves nothing.
     private let state = Mutex<(items: CircularBuffer<@Sendable () -> Void>, scheduled: Bool)>((CircularBuffer(), false))
 
-    init(turn: NextTurn) {
+    init(turn: NextTurn, deliveries: @escaping @Sendable () -> Int = { 0 }) {
         self.turn = turn
+        self.deliveries = deliveries
     }
 
     public func submit(_ works: [@Sendable () -> Void]) {
@@ -250,15 +260,24 @@ public final class PublishQueue: Sendable {
         if schedule { turn.loop.execute { self.drain() } }
     }
 
+    /// Whether a pass that ran `items` items and made `copies` copies takes another.
+    static func continues(items: Int, copies: Int) -> Bool {
+        items < itemsPerPass || (copies >= items * bigRoomDeliveries && copies < deliveriesPerPass)
+    }
+
     private func drain() {
-        var items: [@Sendable () -> Void] = []
-        items.reserveCapacity(Self.itemsPerPass)
+        let start = deliveries()
+        var ran = 0
+        while let item = state.withLock({ state -> (@Sendable () -> Void)? in
+            Self.continues(items: ran, copies: deliveries() - start) ? state.items.popFirst() : nil
+        }) {
+            item()
+            ran += 1
+        }
         let more = state.withLock { state in
-            while items.count < Self.itemsPerPass, let item = state.items.popFirst() { items.append(item) }
             state.scheduled = !state.items.isEmpty
             return state.scheduled
         }
-        for item in items { item() }
         // The next pass waits for the loop's next turn, so that its sockets are read in between.
         if more { turn.later { self.drain() } }
     }

@@ -160,7 +160,10 @@ public final class Hub: Sendable {
         self.log = log
         self.history = history
         self.stamper = MessageStamper(firstSerial: firstSerial, lastTimeMs: lastTimeMs)
-        self.publishers = publishTurns.map(PublishQueue.init)
+        let counters = self.counters
+        self.publishers = publishTurns.map { turn in
+            PublishQueue(turn: turn) { counters.deliveries.load(ordering: .relaxed) }
+        }
         let byRoom = Dictionary(grouping: recent) { NameRules.key($0.room) }
         for (key, messages) in byRoom { _ = recentMessages(forKey: key, initial: messages) }
     }

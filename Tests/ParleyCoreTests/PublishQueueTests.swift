@@ -1,0 +1,62 @@
+import NIOCore
+import NIOEmbedded
+@testable import ParleyCore
+import Synchronization
+import Testing
+
+/// How many committed messages one publishing pass takes: 64, more for a big room's messages (its
+/// members get the longer pass in the same one write each), never a turn's worth of copies.
+@Suite struct PublishQueueTests {
+    /// Submits 300 messages that each make `members` copies, runs one pass, and returns how many it
+    /// published; the rest wait for the loop's next turn.
+    func firstPass(members: Int) -> (published: Int, wakes: Int) {
+        let loop = EmbeddedEventLoop()
+        let turn = NextTurn(loop: loop)
+        var wakes = 0
+        // The wake-up is counted, not acted on: the next pass waits until the test runs the turn.
+        turn.attach { wakes += 1 }
+        let copies = Atomic<Int>(0)
+        let published = Atomic<Int>(0)
+        let queue = PublishQueue(turn: turn) { copies.load(ordering: .relaxed) }
+        queue.submit((0..<300).map { _ in
+            {
+                copies.add(members, ordering: .relaxed)
+                published.add(1, ordering: .relaxed)
+            }
+        })
+        loop.run()
+        return (published.load(ordering: .relaxed), wakes)
+    }
+
+    @Test func smallRoomsMessagesTake64APass() {
+        #expect(firstPass(members: 10) == (64, 1))
+    }
+
+    @Test func aBigRoomsMessagesGoOnToAboutSixteenThousandCopies() {
+        // 163 messages make 16,300 copies, under the 16,384: the 164th is taken, then the pass stops.
+        #expect(firstPass(members: 100) == (164, 1))
+    }
+
+    @Test func aThousandMembersMessagesStopAt64() {
+        #expect(firstPass(members: 1000) == (64, 1))
+    }
+
+    @Test func theRestIsPublishedOnLaterTurnsInOrder() {
+        let loop = EmbeddedEventLoop()
+        let turn = NextTurn(loop: loop)
+        turn.attach {}
+        let order = Mutex<[Int]>([])
+        let queue = PublishQueue(turn: turn)
+        queue.submit((0..<150).map { index in { order.withLock { $0.append(index) } } })
+        loop.run()
+        #expect(order.withLock { $0.count } == 64)
+        turn.run()
+        #expect(order.withLock { $0.count } == 128)
+        turn.run()
+        #expect(order.withLock { $0 } == Array(0..<150))
+        // Nothing left: the next submission starts a pass of its own.
+        queue.submit([{ order.withLock { $0.append(150) } }])
+        loop.run()
+        #expect(order.withLock { $0.last } == 150)
+    }
+}
