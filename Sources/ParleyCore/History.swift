@@ -241,7 +241,8 @@ public final class PublishQueue: Sendable {
     static let deliveriesPerPass = 16_384
 
     let turn: NextTurn
-    /// The hub's count of copies handed out, read before and during a pass.
+    /// The hub's count of copies handed out, read before and during a pass. Other loops' copies
+    /// count too when there are several: the rule is a guide to a pass's cost, not an exact budget.
     private let deliveries: @Sendable () -> Int
     /// A ring, so taking a pass's items from the front of a long backlog moves nothing.
     private let state = Mutex<(items: CircularBuffer<@Sendable () -> Void>, scheduled: Bool)>((CircularBuffer(), false))

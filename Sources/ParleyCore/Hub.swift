@@ -1165,8 +1165,9 @@ struct DeliveryBatch: Sendable {
     private(set) var sinks: [any SessionSink] = []
     /// The same sinks where they are `ChannelSink`s (the TCP doors'), unretained: a copy to one is a
     /// direct call, without the retain and release that calling through the existential costs (a
-    /// pair per copy, about 7% of fan-out's samples). Safe because `sinks` holds each of them for as
-    /// long as the batch exists, and a batch is only used while it exists.
+    /// pair per copy, about 7% of fan-out's samples). Safe because `sinks` holds each of them, and
+    /// the task that delivers holds its own copy of the batch (and so of `sinks`) until it ends, even
+    /// if a sink's disconnect drops the room's plan meanwhile.
     private var channelSinks: [Unmanaged<ChannelSink>?] = []
     private(set) var formats: [UInt8] = []
 
