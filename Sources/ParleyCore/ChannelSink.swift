@@ -61,11 +61,16 @@ public final class ChannelSink: SessionSink {
     public var isClosing: Bool { closing.load(ordering: .relaxed) }
 
     public func enqueue(_ bytes: ByteBuffer) {
+        bytes.withUnsafeReadableBytes { gather($0) }
+    }
+
+    /// Appends to the gathered output (handing it over once it is big).
+    private func gather(_ bytes: UnsafeRawBufferPointer) {
         guard !isClosing else { return }
         assertOnLoop()
         // One allocation for a typical pass's worth, rather than a doubling per few copies.
-        if gathered.capacity == 0 { gathered.reserveCapacity(max(1024, bytes.readableBytes)) }
-        gathered.writeImmutableBuffer(bytes)
+        if gathered.capacity == 0 { gathered.reserveCapacity(max(1024, bytes.count)) }
+        gathered.writeBytes(bytes)
         handOverIfBig()
     }
 
@@ -91,11 +96,7 @@ public final class ChannelSink: SessionSink {
     /// `enqueue` then `flushQueued`, from bytes lent by the hub: this runs once per copy of every
     /// message, and copying from the shared rendering costs no retain and release of its buffer.
     public func deliver(_ bytes: UnsafeRawBufferPointer) {
-        guard !isClosing else { return }
-        assertOnLoop()
-        if gathered.capacity == 0 { gathered.reserveCapacity(max(1024, bytes.count)) }
-        gathered.writeBytes(bytes)
-        handOverIfBig()
+        gather(bytes)
         flushQueued()
     }
 
