@@ -839,14 +839,14 @@ private func makeRunID() -> String {
     return String((0..<6).map { _ in alphabet[Int.random(in: 0..<alphabet.count)] })
 }
 
-/// Raises the soft limit on open files to the hard limit: a thousand clients (or a server with a
-/// thousand connections) need a thousand sockets.
 /// How long a client that said `/quit` waits for the server to end the connection. Longer than the
 /// server's own bound: over UDP a closing session whose last lines are not all acknowledged is given
 /// up at the link's idle timeout (30 s), and a wait of exactly that long raced it (two CI runs failed
 /// that way under 30% loss; why those lines went unacknowledged for so long is not known yet).
 let serverCloseWait: Duration = .seconds(45)
 
+/// Raises the soft limit on open files to the hard limit: a thousand clients (or a server with a
+/// thousand connections) need a thousand sockets.
 public func raiseOpenFileLimit() {
     #if canImport(Glibc)
     let resource = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
