@@ -66,20 +66,23 @@ public final class ChannelSink: SessionSink {
 
     /// Appends to the gathered output (handing it over once it is big).
     private func gather(_ bytes: UnsafeRawBufferPointer) {
-        guard !isClosing else { return }
-        assertOnLoop()
-        // One allocation for a typical pass's worth, rather than a doubling per few copies.
-        if gathered.capacity == 0 { gathered.reserveCapacity(max(1024, bytes.count)) }
-        gathered.writeBytes(bytes)
-        handOverIfBig()
+        gather(atLeast: bytes.count) { $0.writeBytes(bytes) }
     }
 
     /// Like `enqueue`, but `write` puts the bytes straight into the gathered output: a door's reply
     /// line needs no buffer of its own (the welcome burst is twenty of them).
     public func enqueue(writing write: (inout ByteBuffer) -> Void) {
+        gather(atLeast: 0, write)
+    }
+
+    /// `write` appends to the gathered output, which is handed over once it is big. `atLeast`: the
+    /// bytes `write` will add, when known.
+    @inline(__always)
+    private func gather(atLeast size: Int, _ write: (inout ByteBuffer) -> Void) {
         guard !isClosing else { return }
         assertOnLoop()
-        if gathered.capacity == 0 { gathered.reserveCapacity(1024) }
+        // One allocation for a typical pass's worth, rather than a doubling per few copies.
+        if gathered.capacity == 0 { gathered.reserveCapacity(max(1024, size)) }
         write(&gathered)
         handOverIfBig()
     }
