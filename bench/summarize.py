@@ -24,6 +24,11 @@ def median(values):
     return statistics.median(values) if values else None
 
 
+def cpu_per_delivery(report):
+    cpu, delivered = report.get("server_cpu_seconds"), report.get("delivered")
+    return cpu * 1e9 / delivered if cpu and delivered else None
+
+
 def metrics(bench, reports):
     ok = [r for r in reports if r]
     failed = len(reports) - sum(1 for r in ok if r.get("error_count", 1) == 0 and r.get("lost", 0) == 0 and r.get("failed", 0) == 0)
@@ -33,6 +38,9 @@ def metrics(bench, reports):
             "p99 ms": median([r["latency_ms"]["p99"] for r in ok]),
             "ping p99 ms": median([(r.get("ping_ms") or {}).get("p99") for r in ok]),
             "server CPU s": median([r.get("server_cpu_seconds") for r in ok]),
+            # CPU time per delivery does not move when the host takes the CPU away; deliveries/s does.
+            "server CPU ns/delivery": median([cpu_per_delivery(r) for r in ok]),
+            "stolen %": median([r.get("steal_percent") for r in ok]),
             "load CPU s": median([r.get("load_cpu_seconds") for r in ok]),
             "lost": sum(r["lost"] for r in ok),
             "failed runs": failed,
@@ -76,6 +84,10 @@ def main():
                 ratio = parley / theirs
                 what = "deliveries/s" if key == "deliveries/s" else "register p99 (lower is better)"
                 print(f"\nParley (IRC door) / {peer}, {what}: {ratio:.2f}x")
+                if key == "deliveries/s":
+                    ours, peers = (table[s].get("server CPU ns/delivery") for s in ("parley", peer))
+                    if ours and peers:
+                        print(f"{peer} / Parley, server CPU per delivery: {peers / ours:.2f}x")
 
 
 if __name__ == "__main__":

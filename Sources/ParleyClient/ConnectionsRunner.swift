@@ -200,3 +200,57 @@ enum ServerProcess {
         return (user + system) / ticks
     }
 }
+
+extension ServerProcess {
+    /// The one CPU the process may run on (`Cpus_allowed_list` in `/proc/PID/status`), when it is
+    /// pinned to one (`taskset -c 1`); nil when it may run on several.
+    static func pinnedCPU(_ pid: Int32) -> Int? {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+        for line in status.split(separator: "\n") where line.hasPrefix("Cpus_allowed_list:") {
+            return Int(String(line.dropFirst("Cpus_allowed_list:".count).filter { !$0.isWhitespace }))
+        }
+        return nil
+    }
+}
+
+/// Each CPU's time from `/proc/stat` (Linux), in clock ticks. On a virtual machine, "steal" is the
+/// time the host ran something else while this CPU had work: a server pinned to a CPU that lost a
+/// third of a run to its host delivers a third less, whatever its code does. Runs report it so that
+/// such rounds can be told apart.
+struct CPUTimes: Sendable, Equatable {
+    /// Per CPU number: all ticks (every column of its line) and stolen ticks (the eighth column).
+    var total: [Int: UInt64] = [:]
+    var steal: [Int: UInt64] = [:]
+
+    static func read() -> CPUTimes? {
+        (try? String(contentsOfFile: "/proc/stat", encoding: .utf8)).flatMap(parse)
+    }
+
+    /// Reads the `cpuN user nice system idle iowait irq softirq steal ...` lines; nil when there are none.
+    static func parse(_ text: String) -> CPUTimes? {
+        var times = CPUTimes()
+        for line in text.split(separator: "\n") where line.hasPrefix("cpu") {
+            let columns = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard let cpu = Int(columns[0].dropFirst(3)) else { continue }  // `cpu` alone is the sum
+            let ticks = columns.dropFirst().compactMap { UInt64($0) }
+            guard ticks.count >= 8 else { continue }
+            // guest and guest_nice (columns 9 and 10) are already counted in user and nice.
+            times.total[cpu] = ticks.prefix(8).reduce(0, +)
+            times.steal[cpu] = ticks[7]
+        }
+        return times.total.isEmpty ? nil : times
+    }
+
+    /// The share of `cpu`'s time (of every CPU's, when nil) stolen between `earlier` and now, in percent.
+    func stealPercent(since earlier: CPUTimes, cpu: Int?) -> Double? {
+        let cpus = cpu.map { [$0] } ?? Array(total.keys)
+        var (all, stolen): (UInt64, UInt64) = (0, 0)
+        for cpu in cpus {
+            guard let total = total[cpu], let before = earlier.total[cpu], total >= before,
+                  let steal = steal[cpu], let stealBefore = earlier.steal[cpu], steal >= stealBefore else { return nil }
+            all += total - before
+            stolen += steal - stealBefore
+        }
+        return all == 0 ? nil : 100 * Double(stolen) / Double(all)
+    }
+}

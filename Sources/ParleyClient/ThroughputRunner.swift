@@ -74,6 +74,11 @@ public struct ThroughputReport: Codable, Sendable, Equatable, JSONLineReport {
     /// The load generator's own CPU time over the same span: near `seconds` of one CPU means the
     /// generator, not the server, may be what limits the figures.
     public var loadCPUSeconds: Double
+    /// The CPU the server is pinned to (when its pid is known and it is pinned to one), and the share
+    /// of that CPU's time (of the whole machine's, when the server is not pinned) that a virtual machine's host took over the
+    /// same span (Linux's "steal"), in percent.
+    public var serverCPU: Int?
+    public var stealPercent: Double?
     public var errorCount: Int
     public var errors: [String]
 
@@ -87,6 +92,8 @@ public struct ThroughputReport: Codable, Sendable, Equatable, JSONLineReport {
         case pingMs = "ping_ms"
         case serverCPUSeconds = "server_cpu_seconds"
         case loadCPUSeconds = "load_cpu_seconds"
+        case serverCPU = "server_cpu"
+        case stealPercent = "steal_percent"
         case errorCount = "error_count"
     }
 
@@ -102,7 +109,11 @@ public struct ThroughputReport: Codable, Sendable, Equatable, JSONLineReport {
         if let ping = pingMs {
             lines.append("ping (ms)    p50 \(fixed(ping.p50, 2))  p90 \(fixed(ping.p90, 2))  p99 \(fixed(ping.p99, 2))  max \(fixed(ping.max, 2))  (\(ping.count) pings)")
         }
-        lines.append("CPU: " + (serverCPUSeconds.map { "server \(fixed($0, 2)) s, " } ?? "") + "load generator \(fixed(loadCPUSeconds, 2)) s")
+        var cpu = "CPU: " + (serverCPUSeconds.map { "server \(fixed($0, 2)) s, " } ?? "") + "load generator \(fixed(loadCPUSeconds, 2)) s"
+        if let stealPercent {
+            cpu += ", stolen by the host: \(fixed(stealPercent, 1))% of " + (serverCPU.map { "CPU \($0) (the server's)" } ?? "the machine")
+        }
+        lines.append(cpu)
         if !errors.isEmpty { lines.append("errors (first \(errors.count) of \(errorCount)): " + errors.joined(separator: "; ")) }
         lines.append(succeeded ? "result: PASS" : "result: FAIL")
         return lines.joined(separator: "\n")
@@ -175,6 +186,7 @@ public func runThroughput(_ options: ThroughputOptions) async -> ThroughputRepor
     // Send for the given time; each handler reports what it sent once its last message was acknowledged.
     let cpuBefore = options.serverPID.flatMap(ServerProcess.cpuSeconds)
     let loadCPUBefore = ServerProcess.ownCPUSeconds()
+    let timesBefore = CPUTimes.read()
     let stopSending = NIODeadline.now() + .nanoseconds(Int64(options.seconds * 1e9))
     let grace = TimeAmount.nanoseconds(Int64(options.drainSeconds * 1e9))
     let sending = members.map { member in
@@ -199,6 +211,8 @@ public func runThroughput(_ options: ThroughputOptions) async -> ThroughputRepor
     }
     let cpuAfter = options.serverPID.flatMap(ServerProcess.cpuSeconds)
     let loadCPU = ServerProcess.ownCPUSeconds() - loadCPUBefore
+    let serverCPU = options.serverPID.flatMap(ServerProcess.pinnedCPU)
+    let steal = timesBefore.flatMap { before in CPUTimes.read()?.stealPercent(since: before, cpu: serverCPU) }
     let pings = await pinger?.stop()
     for member in members { await member.client.close() }
 
@@ -215,6 +229,7 @@ public func runThroughput(_ options: ThroughputOptions) async -> ThroughputRepor
         sent: sent, acknowledged: acknowledged, delivered: delivered, expected: expected, lost: max(0, expected - delivered),
         messagesPerSecond: Double(acknowledged) / options.seconds, deliveriesPerSecond: Double(delivered) / options.seconds,
         latencyMs: latencies.summary, pingMs: pings?.summary, serverCPUSeconds: nil, loadCPUSeconds: loadCPU,
+        serverCPU: serverCPU, stealPercent: steal,
         errorCount: errors.count, errors: Array(errors.prefix(5)))
     if let cpuBefore, let cpuAfter { report.serverCPUSeconds = cpuAfter - cpuBefore }
     if options.senders != nil { report.scenario = "fanout" }

@@ -102,6 +102,9 @@ import Testing
             // Two observers of twelve: clients 5 and 11, both receivers of every message.
             #expect(report.latencyMs.count == report.sent * 2)
             #expect(report.serverCPUSeconds != nil && (report.pingMs?.count ?? 0) > 0)
+            #if os(Linux)
+            #expect(report.stealPercent != nil && report.jsonLine.contains("\"steal_percent\":"))
+            #endif
             #expect(server.server.hub.counters.messagesRelayed.load(ordering: .relaxed) == report.sent)
             #expect(server.server.log?.messagesStored.load(ordering: .relaxed) == report.sent)
         }

@@ -36,6 +36,27 @@ import Testing
         #expect(!has("p1", ": p1-"))
     }
 
+    @Test func stolenTimeIsTheEighthColumnOfACPUsLineInProcStat() throws {
+        let before = try #require(CPUTimes.parse("""
+            cpu  300 0 30 600 10 0 5 55 0 0
+            cpu0 100 0 10 400 5 0 2 5 0 0
+            cpu1 200 0 20 200 5 0 3 50 7 0
+            intr 123
+            """))
+        #expect(before.total == [0: 522, 1: 478] && before.steal == [0: 5, 1: 50])
+        // CPU 1: 100 more ticks, 40 of them stolen; CPU 0: 100 more, none stolen.
+        let after = try #require(CPUTimes.parse("""
+            cpu1 250 0 25 205 5 0 3 90 7 0
+            cpu0 180 0 15 420 5 0 2 5 0 0
+            """))
+        #expect(after.stealPercent(since: before, cpu: 1) == 40)
+        #expect(after.stealPercent(since: before, cpu: 0) == 0)
+        #expect(after.stealPercent(since: before, cpu: nil) == 20)
+        #expect(after.stealPercent(since: before, cpu: 2) == nil)
+        #expect(before.stealPercent(since: after, cpu: 1) == nil)  // counters never go back
+        #expect(CPUTimes.parse("intr 1 2 3\n") == nil)
+    }
+
     @Test func latencyPercentilesComeFromTheHistogram() {
         var histogram = LatencyHistogram()
         for microseconds in 1...1000 { histogram.record(microseconds: UInt64(microseconds) * 1000) }
