@@ -18,13 +18,16 @@ public final class ChannelSink: SessionSink {
     /// Output not yet handed to the channel.
     // nonisolated(unsafe): read and written only on `channel.eventLoop`. Every `SessionSink` method
     // runs there (the protocol's contract, which the hub keeps by calling through the loop), and the
-    // doors call `enqueue` and the flushes from their handlers, which run there too; `enqueue` and `handOver`
+    // doors call `enqueue` and the flushes from their handlers, which run there too; `gather` and `handOver`
     // check it in debug builds. Inline rather than in a loop-bound box: one allocation less per connection.
     // @exclusivity(unchecked): no runtime exclusivity check per access (each copy of a message made
     // two; measured at a tenth of fan-out's throughput). Accesses cannot overlap: all are on the one
-    // loop thread, none is held across a call into other code except `enqueue(writing:)`'s closure,
-    // whose writers only append bytes to the buffer they are given and never call back into a sink.
-    @exclusivity(unchecked) nonisolated(unsafe) private var gathered = ByteBuffer()
+    // loop thread, and none is held across a call into other code.
+    @exclusivity(unchecked) nonisolated(unsafe) private var gathered = GatheredBytes()
+    /// Where `enqueue(writing:)` has a door write its reply, reused within a pass and dropped with the
+    /// gathered output. Same confinement as `gathered`; its one access held across other code is the
+    /// door's writer, which only appends to the buffer it is given and never calls back into a sink.
+    @exclusivity(unchecked) nonisolated(unsafe) private var scratch = ByteBuffer()
     private let closeGrace: TimeAmount
     /// What a client that overflowed its outbound limit is told before it is cut off.
     private let overflowNotice: @Sendable (any WireFormat) -> ByteBuffer?
@@ -64,33 +67,28 @@ public final class ChannelSink: SessionSink {
         bytes.withUnsafeReadableBytes { gather($0) }
     }
 
-    /// Appends to the gathered output (handing it over once it is big).
-    private func gather(_ bytes: UnsafeRawBufferPointer) {
-        gather(atLeast: bytes.count) { $0.writeBytes(bytes) }
-    }
-
-    /// Like `enqueue`, but `write` puts the bytes straight into the gathered output: a door's reply
-    /// line needs no buffer of its own (the welcome burst is twenty of them).
+    /// Like `enqueue`, but `write` puts the bytes into a buffer the sink keeps for the purpose: a door's
+    /// reply line needs no buffer of its own (the welcome burst is twenty of them).
     public func enqueue(writing write: (inout ByteBuffer) -> Void) {
-        gather(atLeast: 0, write)
+        guard !isClosing else { return }
+        scratch.clear()
+        write(&scratch)
+        scratch.withUnsafeReadableBytes { gather($0) }
     }
 
-    /// `write` appends to the gathered output, which is handed over once it is big. `atLeast`: the
-    /// bytes `write` will add, when known.
+    /// Appends to the gathered output (handing it over once it is big).
     @inline(__always)
-    private func gather(atLeast size: Int, _ write: (inout ByteBuffer) -> Void) {
+    private func gather(_ bytes: UnsafeRawBufferPointer) {
         guard !isClosing else { return }
         assertOnLoop()
-        // One allocation for a typical pass's worth, rather than a doubling per few copies.
-        if gathered.capacity == 0 { gathered.reserveCapacity(max(1024, size)) }
-        write(&gathered)
+        gathered.append(bytes)
         handOverIfBig()
     }
 
     /// The outbound limit is checked where bytes reach the channel (here, and after each flush), not
     /// per copy: a member of a busy room gets hundreds of copies a pass.
     private func handOverIfBig() {
-        if gathered.readableBytes >= Self.writeChunk {
+        if gathered.count >= Self.writeChunk {
             handOver()
             enforceOutboundLimit()
         }
@@ -109,13 +107,13 @@ public final class ChannelSink: SessionSink {
         assert(channel.eventLoop.inEventLoop, "a ChannelSink is used only on its channel's event loop")
     }
 
-    /// Gives the gathered output to the channel (unflushed), leaving an empty buffer that holds no
-    /// memory, so an idle connection costs nothing here.
+    /// Gives the gathered output to the channel (unflushed), leaving nothing that holds memory, so an
+    /// idle connection costs nothing here.
     private func handOver() {
         assertOnLoop()
-        guard gathered.readableBytes > 0 else { return }
-        channel.write(gathered, promise: nil)
-        gathered = ByteBuffer()
+        guard let output = gathered.take(allocator: channel.allocator) else { return }
+        scratch = ByteBuffer()
+        channel.write(output, promise: nil)
     }
 
     /// Producer-consumer with a bound: a client whose queue is over the limit even after a flush (so it
