@@ -11,7 +11,9 @@ public enum NameRules {
 
     /// Lowercased ASCII: names and rooms compare case-insensitively (CASEMAPPING=ascii).
     public static func key(_ name: String) -> String {
-        String(decoding: name.utf8.map { ($0 >= 65 && $0 <= 90) ? $0 + 32 : $0 }, as: UTF8.self)
+        // Most names are already lower case: those need no new string (this runs for every message).
+        guard name.utf8.contains(where: { $0 >= 65 && $0 <= 90 }) else { return name }
+        return String(decoding: name.utf8.map { ($0 >= 65 && $0 <= 90) ? $0 + 32 : $0 }, as: UTF8.self)
     }
 
     /// Checks an account or nick name; `forGuest` allows the reserved `guest` prefix.

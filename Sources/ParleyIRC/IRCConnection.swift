@@ -1069,7 +1069,9 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
             text = String(text.dropFirst(8))
             if text.hasSuffix("\u{1}") { text.removeLast() }
         }
-        for target in targets.split(separator: ",").prefix(4).map(String.init) {
+        // One target, the usual case, needs no split (splitting a String by Character is slow).
+        let targetList = targets.utf8.contains(UInt8(ascii: ",")) ? targets.split(separator: ",").prefix(4).map(String.init) : [targets]
+        for target in targetList {
             let targetKey = NameRules.key(target)
             if targetKey == "nickserv" || targetKey.hasPrefix("nickserv@") {
                 if command == "PRIVMSG" { nickServ(text, context) }
