@@ -3,8 +3,8 @@
 #
 #   bench/compare.sh [ROUNDS]            (default 3 rounds; run as root: it may install the peers)
 #
-# Each round runs every scenario against every server in turn (A B A B ...), each server started
-# fresh and pinned to CPU 1, the load generator pinned to CPU 0. Parley runs with one event loop and
+# Each round runs every scenario against every server in turn (A B C, then B C A, ...), each server
+# started fresh and pinned to CPU 1, the load generator pinned to CPU 0. Parley runs with one event loop and
 # history on (the default), flood control off like the peers' configurations. At the end it prints
 # the medians and Parley's ratio to each peer. Raw JSON lines go to $OUT (default bench/results/).
 #
@@ -86,9 +86,15 @@ start_server() {
     esac
 }
 
+# The servers take turns at going first: in alternating pairs on this machine the second run of a
+# pair came out ahead whichever build it was, so a fixed order would favour whoever runs second.
+rotate() { local n=$1; shift; local list=("$@"); local count=${#list[@]}; for i in $(seq 0 $((count - 1))); do echo -n "${list[$(( (i + n) % count ))]} "; done; }
+
 for round in $(seq "$ROUNDS"); do
+    # shellcheck disable=SC2086
+    ORDER=$(rotate $((round - 1)) $SERVERS)
     for scenario in $SCENARIOS; do
-        for server in $SERVERS; do
+        for server in $ORDER; do
             start_server "$server"
             if [ -z "$SERVER_PID" ]; then
                 echo "== round $round: $scenario: $server did not start; skipped"
