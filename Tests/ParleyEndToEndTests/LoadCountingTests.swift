@@ -47,7 +47,7 @@ import Testing
         // CPU 1: 100 more ticks, 40 of them stolen; CPU 0: 100 more, none stolen.
         let after = try #require(CPUTimes.parse("""
             cpu1 250 0 25 205 5 0 3 90 7 0
-            cpu0 180 0 15 420 5 0 2 5 0 0
+            cpu0 175 0 15 420 5 0 2 5 0 0
             """))
         #expect(after.stealPercent(since: before, cpu: 1) == 40)
         #expect(after.stealPercent(since: before, cpu: 0) == 0)
