@@ -75,8 +75,8 @@ public struct ThroughputReport: Codable, Sendable, Equatable, JSONLineReport {
     /// generator, not the server, may be what limits the figures.
     public var loadCPUSeconds: Double
     /// The CPU the server is pinned to (when its pid is known and it is pinned to one), and the share
-    /// of that CPU's time (of the whole machine's, when the server is not pinned) that a virtual machine's host took over the
-    /// same span (Linux's "steal"), in percent.
+    /// of that CPU's time (of the whole machine's, when the server is not pinned) that a virtual
+    /// machine's host took over the same span (Linux's "steal"), in percent.
     public var serverCPU: Int?
     public var stealPercent: Double?
     public var errorCount: Int
