@@ -174,11 +174,19 @@ func registerIRC(_ client: LineClient, nick: String, timeout: Duration) async th
 enum ServerProcess {
     /// `VmRSS` from `/proc/PID/status`, in kB.
     static func residentKB(_ pid: Int32) -> Int? {
+        status(pid, "VmRSS").flatMap { Int($0.split(whereSeparator: \.isWhitespace).first ?? "") }
+    }
+
+    /// The one CPU the process may run on (`Cpus_allowed_list` in `/proc/PID/status`), when it is
+    /// pinned to one (`taskset -c 1`); nil when it may run on several.
+    static func pinnedCPU(_ pid: Int32) -> Int? {
+        status(pid, "Cpus_allowed_list").flatMap { Int(String($0.filter { !$0.isWhitespace })) }
+    }
+
+    /// What follows `NAME:` on its line of `/proc/PID/status`.
+    private static func status(_ pid: Int32, _ name: String) -> Substring? {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-        for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
-            return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
-        }
-        return nil
+        return status.split(separator: "\n").first { $0.hasPrefix(name + ":") }?.dropFirst(name.count + 1)
     }
 
     /// This process's user plus system CPU time, in seconds.
@@ -198,18 +206,6 @@ enum ServerProcess {
         guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
         return (user + system) / ticks
-    }
-}
-
-extension ServerProcess {
-    /// The one CPU the process may run on (`Cpus_allowed_list` in `/proc/PID/status`), when it is
-    /// pinned to one (`taskset -c 1`); nil when it may run on several.
-    static func pinnedCPU(_ pid: Int32) -> Int? {
-        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
-        for line in status.split(separator: "\n") where line.hasPrefix("Cpus_allowed_list:") {
-            return Int(String(line.dropFirst("Cpus_allowed_list:".count).filter { !$0.isWhitespace }))
-        }
-        return nil
     }
 }
 

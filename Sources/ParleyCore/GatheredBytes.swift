@@ -15,8 +15,6 @@ struct GatheredBytes: ~Copyable {
 
     deinit { base?.deallocate() }
 
-    var isEmpty: Bool { count == 0 }
-
     /// Appends `bytes`; the first append of a hand-over reserves at least `minimumCapacity`.
     @inline(__always)
     mutating func append(_ bytes: UnsafeRawBufferPointer, minimumCapacity: Int = 1024) {
