@@ -1235,19 +1235,20 @@ struct DeliveryBatch: Sendable {
     /// renders nothing), one pass over the sinks per rendering (there are a handful); the sender's
     /// comes last, when `echo`.
     func deliver(_ copies: [ByteBuffer?], except sender: any SessionSink, echo: Bool) {
-        var senderCopy: ByteBuffer?
         // Found once, so the loop below compares indexes rather than loading each sink.
         let senderIndex = index(of: sender) ?? -1
         for (which, copy) in copies.enumerated() {
             guard let copy else { continue }
             let which = UInt8(truncatingIfNeeded: which)
             copy.withUnsafeReadableBytes { bytes in
-                for index in sinks.indices where formats[index] == which {
-                    if index == senderIndex { senderCopy = copy } else { deliver(bytes, toSinkAt: index) }
+                for index in sinks.indices where formats[index] == which && index != senderIndex {
+                    deliver(bytes, toSinkAt: index)
                 }
             }
         }
-        if echo, let senderCopy { senderCopy.withUnsafeReadableBytes { sender.deliver($0) } }
+        if echo, senderIndex >= 0, let senderCopy = copies[Int(formats[senderIndex])] {
+            senderCopy.withUnsafeReadableBytes { sender.deliver($0) }
+        }
     }
 }
 
