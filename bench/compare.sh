@@ -4,9 +4,9 @@
 #   bench/compare.sh [ROUNDS]            (default 3 rounds; run as root: it may install the peers)
 #
 # Each round runs every scenario against every server in turn (A B C, then B C A, ...), each server
-# started fresh and pinned to CPU 1, the load generator pinned to CPU 0. Parley runs with one event loop and
-# history on (the default), flood control off like the peers' configurations. At the end it prints
-# the medians and Parley's ratio to each peer. Raw JSON lines go to $OUT (default bench/results/).
+# started fresh and pinned to CPU 1, the load generator pinned to CPU 0. Parley runs with one event
+# loop and history on (the default), flood control off like the peers' configurations. At the end it
+# prints the medians and Parley's ratio to each peer. Raw JSON lines go to $OUT (default bench/results/).
 #
 # Environment:
 #   SERVERS="parley parley-line inspircd ngircd"   parley: the IRC door; parley-line: the line door
