@@ -244,17 +244,26 @@ public final class PublishQueue: Sendable {
     /// The hub's count of copies handed out, read before and during a pass. Other loops' copies
     /// count too when there are several: the rule is a guide to a pass's cost, not an exact budget.
     private let deliveries: @Sendable () -> Int
+    /// A committed message's callback and the outcome it is called with. The pair, not a closure
+    /// that captures both: the writer hands over hundreds a commit, and a closure each was two
+    /// allocations per message on its thread.
+    struct Item {
+        let callback: @Sendable (Bool) -> Void
+        let committed: Bool
+    }
+
     /// A ring, so taking a pass's items from the front of a long backlog moves nothing.
-    private let state = Mutex<(items: CircularBuffer<@Sendable () -> Void>, scheduled: Bool)>((CircularBuffer(), false))
+    private let state = Mutex<(items: CircularBuffer<Item>, scheduled: Bool)>((CircularBuffer(), false))
 
     init(turn: NextTurn, deliveries: @escaping @Sendable () -> Int = { 0 }) {
         self.turn = turn
         self.deliveries = deliveries
     }
 
-    public func submit(_ works: [@Sendable () -> Void]) {
+    /// Queues `callbacks`, each to be called with `committed` (whether their transaction committed).
+    public func submit(_ callbacks: [@Sendable (Bool) -> Void], committed: Bool) {
         let schedule = state.withLock { state in
-            state.items.append(contentsOf: works)
+            for callback in callbacks { state.items.append(Item(callback: callback, committed: committed)) }
             defer { state.scheduled = true }
             return !state.scheduled
         }
@@ -269,10 +278,10 @@ public final class PublishQueue: Sendable {
     private func drain() {
         let start = deliveries()
         var ran = 0
-        while let item = state.withLock({ state -> (@Sendable () -> Void)? in
+        while let item = state.withLock({ state -> Item? in
             Self.continues(items: ran, copies: deliveries() - start) ? state.items.popFirst() : nil
         }) {
-            item()
+            item.callback(item.committed)
             ran += 1
         }
         let more = state.withLock { state in

@@ -151,7 +151,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                 var forPublishers: [(PublishQueue, [@Sendable (Bool) -> Void])] = []
                 func handOver() {
                     for (publisher, callbacks) in forPublishers {
-                        publisher.submit(callbacks.map { callback in { callback(committed) } })
+                        publisher.submit(callbacks, committed: committed)
                     }
                     forPublishers.removeAll()
                 }

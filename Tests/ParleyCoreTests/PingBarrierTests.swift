@@ -24,7 +24,7 @@ final class HeldLog: MessageLog {
     func next(committed: Bool = true) {
         guard let job = jobs.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { return }
         if let publisher = job.publisher {
-            publisher.submit([{ job.committed(committed) }])
+            publisher.submit([job.committed], committed: committed)
         } else {
             job.committed(committed)
         }

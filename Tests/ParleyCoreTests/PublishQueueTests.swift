@@ -19,11 +19,11 @@ import Testing
         let published = Atomic<Int>(0)
         let queue = PublishQueue(turn: turn) { copies.load(ordering: .relaxed) }
         queue.submit((0..<300).map { _ in
-            {
+            { _ in
                 copies.add(members, ordering: .relaxed)
                 published.add(1, ordering: .relaxed)
             }
-        })
+        }, committed: true)
         loop.run()
         return (published.load(ordering: .relaxed), wakes)
     }
@@ -47,7 +47,7 @@ import Testing
         turn.attach {}
         let order = Mutex<[Int]>([])
         let queue = PublishQueue(turn: turn)
-        queue.submit((0..<150).map { index in { order.withLock { $0.append(index) } } })
+        queue.submit((0..<150).map { index in { _ in order.withLock { $0.append(index) } } }, committed: true)
         loop.run()
         #expect(order.withLock { $0.count } == 64)
         turn.run()
@@ -55,7 +55,7 @@ import Testing
         turn.run()
         #expect(order.withLock { $0 } == Array(0..<150))
         // Nothing left: the next submission starts a pass of its own.
-        queue.submit([{ order.withLock { $0.append(150) } }])
+        queue.submit([{ _ in order.withLock { $0.append(150) } }], committed: true)
         loop.run()
         #expect(order.withLock { $0.last } == 150)
     }
