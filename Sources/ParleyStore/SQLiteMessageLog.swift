@@ -114,6 +114,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         var lastPrune = ContinuousClock.now
         var touchedRooms: Set<String> = []
         var lastBatch = 0
+        let arena = TextArena()
         while true {
             _ = wake.wait(timeout: .now() + .seconds(1))
             // Commit delay: a transaction costs a few hundred microseconds whatever it holds. Under load
@@ -143,7 +144,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                 let writes = jobs.contains { if case .barrier = $0 { false } else { true } }
                 let tracksRooms = retention.maxPerRoom != nil
                 let result: Result<(claims: [[LoggedMessage]], rooms: Set<String>), any Error> =
-                    writes ? Result { try pool.write { db in try Self.perform(jobs, db, trackRooms: tracksRooms) } } : .success(([], []))
+                    writes ? Result { try pool.write { db in try Self.perform(jobs, db, trackRooms: tracksRooms, arena: arena) } } : .success(([], []))
                 if case .success(let done) = result { touchedRooms.formUnion(done.rooms) }
                 if writes { transactions.add(1, ordering: .relaxed) }
                 let committed = (try? result.get()) != nil
@@ -205,20 +206,20 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
 
     /// One transaction for a batch of jobs; returns what each claim took, in order, and, when
     /// `trackRooms`, the rooms written to (for pruning by count).
-    private static func perform(_ jobs: [Job], _ db: Database, trackRooms: Bool) throws -> (claims: [[LoggedMessage]], rooms: Set<String>) {
+    private static func perform(_ jobs: [Job], _ db: Database, trackRooms: Bool, arena: TextArena) throws -> (claims: [[LoggedMessage]], rooms: Set<String>) {
         var claims: [[LoggedMessage]] = []
         var rooms: Set<String> = []
         // Appends in a row are inserted together; an update or a claim after them sees them stored.
-        var run: [LoggedMessage] = []
+        var run: [Append] = []
         run.reserveCapacity(jobs.count)
         func insertRun() throws {
-            try Self.insert(run, db, trackRooms: trackRooms, rooms: &rooms)
+            try Self.insert(run, db, trackRooms: trackRooms, rooms: &rooms, arena: arena)
             run.removeAll(keepingCapacity: true)
         }
         for job in jobs {
             switch job {
             case .append(let append):
-                run.append(append.message)
+                run.append(append)
             case .markPending(let serial, let account):
                 try insertRun()
                 try db.execute(sql: "UPDATE message SET pendingFor = ? WHERE id = ?", arguments: [account, Int64(bitPattern: serial)])
@@ -254,18 +255,21 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
 
     /// Inserts `messages` in order, as few statements as the sizes allow (32 + 8 + 2 for 42); when
     /// `trackRooms`, adds the rooms written to `rooms`.
-    private static func insert(_ messages: [LoggedMessage], _ db: Database, trackRooms: Bool, rooms: inout Set<String>) throws {
+    private static func insert(_ messages: [Append], _ db: Database, trackRooms: Bool, rooms: inout Set<String>, arena: TextArena) throws {
         var start = 0
         while start < messages.count {
             var rows = maxRowsPerInsert
             while rows > messages.count - start { rows /= 2 }
             let handle = try db.cachedStatement(sql: insertSQL[rows.trailingZeroBitCount]).sqliteStatement
             sqlite3_reset(handle)
+            arena.reset()
             for row in 0..<rows {
-                let target = bind(messages[start + row], from: Int32(row) * columnsPerRow + 1, handle)
+                let target = bind(messages[start + row].message, from: Int32(row) * columnsPerRow + 1, handle, arena)
                 if trackRooms, target.hasPrefix("#") { rooms.insert(target) }
             }
             let code = sqlite3_step(handle)
+            // The statement stays cached: it must not keep pointers into the arena, reused by the next.
+            sqlite3_clear_bindings(handle)
             guard code == SQLITE_DONE else {
                 throw DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(sqlite3_db_handle(handle))))
             }
@@ -276,7 +280,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
     /// Binds one message's columns, from parameter `first` on, straight to SQLite: this runs once per
     /// message on the one writer thread, and GRDB's `StatementArguments` (an array of existentials
     /// per row) cost more than the insert itself. Returns the row's target.
-    private static func bind(_ logged: LoggedMessage, from first: Int32, _ handle: OpaquePointer) -> String {
+    private static func bind(_ logged: LoggedMessage, from first: Int32, _ handle: OpaquePointer, _ arena: TextArena) -> String {
         let (serial, target, time, kind, sender, recipient, text, tags, pendingFor): (UInt64, String, Date, MessageKind, Speaker, String, String, [MessageTag], String?)
         switch logged {
         case .room(let message):
@@ -287,36 +291,30 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                 (message.serial, conversation, message.time, message.kind, message.from, message.to, message.text, message.tags, pending)
         }
         sqlite3_bind_int64(handle, first, Int64(bitPattern: serial))
-        bind(target, first + 1, handle)
+        bind(target, first + 1, handle, arena)
         sqlite3_bind_int64(handle, first + 2, Milliseconds.from(time))
         sqlite3_bind_int64(handle, first + 3, Int64(kindCode(kind)))
-        bind(sender.name, first + 4, handle)
-        bind(sender.user, first + 5, handle)
-        bind(sender.host, first + 6, handle)
-        bind(sender.account, first + 7, handle)
-        bind(recipient, first + 8, handle)
-        bind(text, first + 9, handle)
-        bind(TagCoding.encode(tags), first + 10, handle)
-        bind(pendingFor, first + 11, handle)
+        bind(sender.name, first + 4, handle, arena)
+        bind(sender.user, first + 5, handle, arena)
+        bind(sender.host, first + 6, handle, arena)
+        bind(sender.account, first + 7, handle, arena)
+        bind(recipient, first + 8, handle, arena)
+        bind(text, first + 9, handle, arena)
+        bind(TagCoding.encode(tags), first + 10, handle, arena)
+        bind(pendingFor, first + 11, handle, arena)
         return target
     }
 
-    /// SQLite copies the text (SQLITE_TRANSIENT), so the Swift string's storage need not outlive the call.
-    private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
-
-    private static func bind(_ text: String?, _ index: Int32, _ handle: OpaquePointer) {
-        guard var text else {
+    /// Binds `text` (nil: NULL) to parameter `index` from a copy in `arena`, which SQLite reads in
+    /// place (SQLITE_STATIC) until the statement has run.
+    private static func bind(_ text: String?, _ index: Int32, _ handle: OpaquePointer, _ arena: TextArena) {
+        guard let text else {
             sqlite3_bind_null(handle, index)
             return
         }
-        text.withUTF8 { bytes in
-            // An empty buffer may have no address; SQLite would take a null pointer for NULL.
-            guard let base = bytes.baseAddress, !bytes.isEmpty else {
-                _ = sqlite3_bind_text(handle, index, "", 0, transient)
-                return
-            }
-            _ = sqlite3_bind_text(handle, index, UnsafeRawPointer(base).assumingMemoryBound(to: CChar.self), Int32(bytes.count), transient)
-        }
+        let copy = text.utf8.withContiguousStorageIfAvailable { arena.copy(UnsafeRawBufferPointer($0)) }
+            ?? Array(text.utf8).withUnsafeBytes { arena.copy($0) }
+        _ = sqlite3_bind_text(handle, index, copy.assumingMemoryBound(to: CChar.self), Int32(text.utf8.count), nil)
     }
 
     // MARK: Pruning
@@ -461,6 +459,43 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
 
     static func escapeLike(_ text: String) -> String {
         text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "%", with: "\\%").replacingOccurrences(of: "_", with: "\\_")
+    }
+}
+
+/// The bytes of the texts bound to one INSERT, kept until it has run. SQLite is told not to copy
+/// them (SQLITE_STATIC): its own copy was a malloc, a copy and a free per text, eight texts a message,
+/// on the writer's thread that shares the server's core. Used by the writer thread alone.
+final class TextArena {
+    /// Chunks are kept across statements; a statement of 32 chat lines fits in the first.
+    private var chunks: [(start: UnsafeMutableRawPointer, size: Int)] = []
+    private var current = 0
+    private var used = 0
+    static let chunkSize = 64 << 10
+
+    /// Makes every byte reusable: the statement that read them has run.
+    func reset() {
+        current = 0
+        used = 0
+    }
+
+    /// Copies `bytes` and returns where the copy is; it stays there until `reset`.
+    func copy(_ bytes: UnsafeRawBufferPointer) -> UnsafeRawPointer {
+        while current < chunks.count && chunks[current].size - used < bytes.count {
+            current += 1
+            used = 0
+        }
+        if current == chunks.count {
+            let size = max(Self.chunkSize, bytes.count)
+            chunks.append((.allocate(byteCount: size, alignment: 1), size))
+        }
+        let destination = chunks[current].start + used
+        if let source = bytes.baseAddress { destination.copyMemory(from: source, byteCount: bytes.count) }
+        used += bytes.count
+        return UnsafeRawPointer(destination)
+    }
+
+    deinit {
+        for chunk in chunks { chunk.start.deallocate() }
     }
 }
 

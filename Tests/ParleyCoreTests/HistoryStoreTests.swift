@@ -59,20 +59,62 @@ import Testing
         try store.close()
     }
 
-    /// One transaction holding 43 appends and then a pending mark: the appends go in as multi-row
-    /// inserts (32 + 8 + 2 + 1), and the mark finds the last of them stored.
-    @Test func aLargeBatchIsStoredInOrderAroundMarksAndClaims() async throws {
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let store = try SQLiteStore(directory: directory)
-        let log = SQLiteMessageLog(store: store)
-        // The writer runs a barrier's body on its own thread: holding it there queues what follows
-        // into one batch.
+    /// Holds the writer until the returned gate is signalled, so that what is appended meanwhile
+    /// goes into one batch. (The writer runs a barrier's body on its own thread.)
+    func holdWriter(_ log: SQLiteMessageLog) async -> DispatchSemaphore {
         let gate = DispatchSemaphore(value: 0)
         let held = DispatchSemaphore(value: 0)
         log.barrier { held.signal(); gate.wait() }
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
             DispatchQueue.global().async { held.wait(); done.resume() }
         }
+        return gate
+    }
+
+    /// Every text column of one batch reads back byte for byte: 32 long lines (more than one chunk of
+    /// the writer's text arena), other scripts, tags, and a direct message's conversation and
+    /// recipient, in a single multi-row insert.
+    @Test func theTextsOfOneBatchReadBackExactly() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteStore(directory: directory)
+        let log = SQLiteMessageLog(store: store)
+        let gate = await holdWriter(log)
+        let bob = Speaker(name: "Bøb", user: "b", host: "::1", account: nil)
+        var sent: [LoggedMessage] = (UInt64(1)...32).map { serial in
+            let long = String(repeating: "\(serial % 10)é", count: 1500 + Int(serial))
+            return .room(RoomMessage(room: "#Dev", sender: serial % 2 == 0 ? bob : Self.alice, text: long, kind: .action, sequence: 0,
+                                     time: Milliseconds.date(Self.start + Int64(serial)), serial: serial,
+                                     tags: serial == 5 ? [MessageTag("+draft/react", "👍;x"), MessageTag("+typing", nil)] : []))
+        }
+        sent.append(.direct(DirectMessage(from: bob, to: "alice", text: "日本語 ok", kind: .notice, echo: false,
+                                          time: Milliseconds.date(Self.start + 40), serial: 33, tags: []),
+                            conversation: "@alice bøb", pendingFor: "alice"))
+        let reports = AsyncStream<Bool>.makeStream()
+        for message in sent { log.append(message, publisher: nil) { reports.continuation.yield($0) } }
+        gate.signal()
+        var committed = 0
+        for await report in reports.stream {
+            #expect(report)
+            committed += 1
+            if committed == sent.count { break }
+        }
+        #expect(log.transactions.load(ordering: .relaxed) == 1)
+        let room = try await log.messages(target: "#dev", in: HistoryRange(limit: 100, newestFirst: false))
+        // A room message's sequence is the room's live order, not history: it reads back as 0.
+        #expect(room == Array(sent.prefix(32)))
+        let conversation = try await log.messages(target: "@alice bøb", in: HistoryRange(limit: 10, newestFirst: false))
+        #expect(conversation == [sent[32]])
+        await log.close()
+        try store.close()
+    }
+
+    /// One transaction holding 43 appends and then a pending mark: the appends go in as multi-row
+    /// inserts (32 + 8 + 2 + 1), and the mark finds the last of them stored.
+    @Test func aLargeBatchIsStoredInOrderAroundMarksAndClaims() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteStore(directory: directory)
+        let log = SQLiteMessageLog(store: store)
+        let gate = await holdWriter(log)
         let reports = AsyncStream<(UInt64, Bool)>.makeStream()
         func append(_ message: LoggedMessage) {
             log.append(message, publisher: nil) { committed in reports.continuation.yield((message.serial, committed)) }
