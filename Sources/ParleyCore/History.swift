@@ -220,6 +220,12 @@ final class RecentMessages: Sendable {
     }
 }
 
+/// What a publisher runs for one message once the transaction that holds it has ended: a log's own
+/// record of the message, which knows whom to tell. An object, so that queues of them hold references.
+public protocol CommittedWork: AnyObject, Sendable {
+    func run(committed: Bool)
+}
+
 /// Runs work on one event loop in the order it was submitted, a bounded number of items per loop
 /// pass. The log's writer thread hands each room's committed messages to the room's queue, so rooms
 /// are fanned out on all the event loops at once while each room keeps its order.
@@ -244,11 +250,11 @@ public final class PublishQueue: Sendable {
     /// The hub's count of copies handed out, read before and during a pass. Other loops' copies
     /// count too when there are several: the rule is a guide to a pass's cost, not an exact budget.
     private let deliveries: @Sendable () -> Int
-    /// A committed message's callback and the outcome it is called with. The pair, not a closure
-    /// that captures both: the writer hands over hundreds a commit, and a closure each was two
-    /// allocations per message on its thread.
+    /// A committed message's work and the outcome it is run with. The pair, not a closure that
+    /// captures both: the writer hands over hundreds a commit, and a closure each was an allocation
+    /// per message on its thread (and a closure kept in an array, another, to re-abstract it).
     struct Item {
-        let callback: @Sendable (Bool) -> Void
+        let work: any CommittedWork
         let committed: Bool
     }
 
@@ -260,10 +266,10 @@ public final class PublishQueue: Sendable {
         self.deliveries = deliveries
     }
 
-    /// Queues `callbacks`, each to be called with `committed` (whether their transaction committed).
-    public func submit(_ callbacks: [@Sendable (Bool) -> Void], committed: Bool) {
+    /// Queues `works`, each to be run with `committed` (whether their transaction committed).
+    public func submit(_ works: [any CommittedWork], committed: Bool) {
         let schedule = state.withLock { state in
-            for callback in callbacks { state.items.append(Item(callback: callback, committed: committed)) }
+            for work in works { state.items.append(Item(work: work, committed: committed)) }
             defer { state.scheduled = true }
             return !state.scheduled
         }
@@ -281,7 +287,7 @@ public final class PublishQueue: Sendable {
         while let item = state.withLock({ state -> Item? in
             Self.continues(items: ran, copies: deliveries() - start) ? state.items.popFirst() : nil
         }) {
-            item.callback(item.committed)
+            item.work.run(committed: item.committed)
             ran += 1
         }
         let more = state.withLock { state in

@@ -25,7 +25,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
 
     /// A message to store, and whom to tell once it is committed. A class: the writer passes over its
     /// jobs several times, and copying a message's dozen strings each time was 7% of its thread.
-    final class Append: Sendable {
+    final class Append: CommittedWork {
         let message: LoggedMessage
         let publisher: PublishQueue?
         let committed: @Sendable (Bool) -> Void
@@ -34,6 +34,8 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
             self.publisher = publisher
             self.committed = committed
         }
+
+        func run(committed: Bool) { self.committed(committed) }
     }
 
     enum Job: Sendable {
@@ -149,10 +151,10 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                 if writes { transactions.add(1, ordering: .relaxed) }
                 let committed = (try? result.get()) != nil
                 // Callbacks bound for a publisher go to it together, in one submission per transaction.
-                var forPublishers: [(PublishQueue, [@Sendable (Bool) -> Void])] = []
+                var forPublishers: [(PublishQueue, [any CommittedWork])] = []
                 func handOver() {
-                    for (publisher, callbacks) in forPublishers {
-                        publisher.submit(callbacks, committed: committed)
+                    for (publisher, works) in forPublishers {
+                        publisher.submit(works, committed: committed)
                     }
                     forPublishers.removeAll()
                 }
@@ -160,15 +162,14 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                 for job in jobs {
                     switch job {
                     case .append(let append):
-                        let (publisher, callback) = (append.publisher, append.committed)
-                        guard let publisher else {
-                            callback(committed)
+                        guard let publisher = append.publisher else {
+                            append.run(committed: committed)
                             continue
                         }
                         if let index = forPublishers.firstIndex(where: { $0.0 === publisher }) {
-                            forPublishers[index].1.append(callback)
+                            forPublishers[index].1.append(append)
                         } else {
-                            forPublishers.append((publisher, [callback]))
+                            forPublishers.append((publisher, [append]))
                         }
                     case .markPending:
                         break

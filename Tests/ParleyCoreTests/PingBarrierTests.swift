@@ -24,12 +24,19 @@ final class HeldLog: MessageLog {
     func next(committed: Bool = true) {
         guard let job = jobs.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { return }
         if let publisher = job.publisher {
-            publisher.submit([job.committed], committed: committed)
+            publisher.submit([Work(job.committed)], committed: committed)
         } else {
             job.committed(committed)
         }
     }
     var queued: Int { jobs.withLock { $0.count } }
+}
+
+/// A closure as a publisher's work.
+final class Work: CommittedWork {
+    let body: @Sendable (Bool) -> Void
+    init(_ body: @escaping @Sendable (Bool) -> Void) { self.body = body }
+    func run(committed: Bool) { body(committed) }
 }
 
 final class Flag: Sendable {

@@ -19,7 +19,7 @@ import Testing
         let published = Atomic<Int>(0)
         let queue = PublishQueue(turn: turn) { copies.load(ordering: .relaxed) }
         queue.submit((0..<300).map { _ in
-            { _ in
+            Work { _ in
                 copies.add(members, ordering: .relaxed)
                 published.add(1, ordering: .relaxed)
             }
@@ -41,13 +41,26 @@ import Testing
         #expect(firstPass(members: 1000) == (64, 1))
     }
 
+    @Test func eachWorkRunsWithItsTransactionsOutcome() {
+        let loop = EmbeddedEventLoop()
+        let turn = NextTurn(loop: loop)
+        turn.attach {}
+        let seen = Mutex<[Bool]>([])
+        let record = Work { committed in seen.withLock { $0.append(committed) } }
+        let queue = PublishQueue(turn: turn)
+        queue.submit([record], committed: true)
+        queue.submit([record, record], committed: false)
+        loop.run()
+        #expect(seen.withLock { $0 } == [true, false, false])
+    }
+
     @Test func theRestIsPublishedOnLaterTurnsInOrder() {
         let loop = EmbeddedEventLoop()
         let turn = NextTurn(loop: loop)
         turn.attach {}
         let order = Mutex<[Int]>([])
         let queue = PublishQueue(turn: turn)
-        queue.submit((0..<150).map { index in { _ in order.withLock { $0.append(index) } } }, committed: true)
+        queue.submit((0..<150).map { index in Work { _ in order.withLock { $0.append(index) } } }, committed: true)
         loop.run()
         #expect(order.withLock { $0.count } == 64)
         turn.run()
@@ -55,7 +68,7 @@ import Testing
         turn.run()
         #expect(order.withLock { $0 } == Array(0..<150))
         // Nothing left: the next submission starts a pass of its own.
-        queue.submit([{ _ in order.withLock { $0.append(150) } }], committed: true)
+        queue.submit([Work { _ in order.withLock { $0.append(150) } }], committed: true)
         loop.run()
         #expect(order.withLock { $0.last } == 150)
     }
