@@ -334,17 +334,21 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
             return
         }
         // IRC is UTF-8 here (UTF8ONLY); invalid bytes are replaced rather than dropping the line.
-        let line = String(decoding: bytes.readableBytesView, as: UTF8.self)
-        if IRCLimits.check(Substring(line)) != nil {
-            numeric(context, "417", "Input line was too long")
-            return
+        let parsed = bytes.withUnsafeReadableBytes { line -> Result<IRCMessage, IRCMessage.ParseError>? in
+            if IRCLimits.check(line) != nil { return nil }
+            return Result { () throws(IRCMessage.ParseError) in try IRCMessage(parsing: line) }
         }
         let message: IRCMessage
-        do {
-            message = try IRCMessage(parsing: line)
-        } catch .empty {
+        switch parsed {
+        case nil:
+            numeric(context, "417", "Input line was too long")
             return
-        } catch {
+        case .success(let parsed)?:
+            message = parsed
+        case .failure(.empty)?:
+            return
+        case .failure?:
+            let line = String(decoding: bytes.readableBytesView, as: UTF8.self)
             numeric(context, "421", String(line.prefix(32)), "Unknown command")
             return
         }
@@ -1069,54 +1073,68 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
             text = String(text.dropFirst(8))
             if text.hasSuffix("\u{1}") { text.removeLast() }
         }
-        // One target, the usual case, needs no split (splitting a String by Character is slow).
-        let targetList = targets.utf8.contains(UInt8(ascii: ",")) ? targets.split(separator: ",").prefix(4).map(String.init) : [targets]
-        for target in targetList {
-            let targetKey = NameRules.key(target)
-            if targetKey == "nickserv" || targetKey.hasPrefix("nickserv@") {
-                if command == "PRIVMSG" { nickServ(text, context) }
-                continue
+        // One target, the usual case, needs no split (splitting a String by Character is slow) and
+        // no array.
+        guard targets.utf8.contains(UInt8(ascii: ",")) else {
+            return chat(command, to: targets, text: text, kind: kind, tags: tags, session: session, context)
+        }
+        for target in targets.split(separator: ",").prefix(4) {
+            chat(command, to: String(target), text: text, kind: kind, tags: tags, session: session, context)
+        }
+    }
+
+    /// One target of a PRIVMSG, NOTICE or TAGMSG.
+    private func chat(_ command: String, to target: String, text: String, kind: MessageKind, tags: [MessageTag],
+                      session: Session, _ context: ChannelHandlerContext) {
+        let targetKey = NameRules.key(target)
+        if targetKey == "nickserv" || targetKey.hasPrefix("nickserv@") {
+            if command == "PRIVMSG" { nickServ(text, context) }
+            return
+        }
+        // A labeled message's echo is this command's response, so it carries the label: the door
+        // sends it, once the hub has published the message, instead of the hub.
+        let echoLabel = capabilities.contains("echo-message") ? label : nil
+        if echoLabel != nil { label = nil }
+        let format = renderFormat
+        do {
+            // The echo is rendered only for a labeled message (no closure made for the others).
+            if target.hasPrefix("#") {
+                var render: (@Sendable (RoomMessage) -> IRCMessage?)?
+                if echoLabel != nil { render = { format.message(for: .message($0)) } }
+                try hub.say(session, room: target, text: text, kind: kind, tags: tags, echo: echoLabel == nil,
+                            then: publishedHandler(context, command: command, target: target, label: echoLabel, render: render))
+            } else {
+                var render: (@Sendable (DirectMessage) -> IRCMessage?)?
+                if echoLabel != nil { render = { format.message(for: .direct($0)) } }
+                try hub.direct(session, to: target, text: text, kind: kind, tags: tags, echo: echoLabel == nil,
+                               then: publishedHandler(context, command: command, target: target, label: echoLabel, render: render))
+                if kind == .say || kind == .action, let away = hub.sessions(named: target).first?.away {
+                    numeric(context, "301", target, away)
+                }
             }
-            // A labeled message's echo is this command's response, so it carries the label: the door
-            // sends it, once the hub has published the message, instead of the hub.
-            let echoLabel = capabilities.contains("echo-message") ? label : nil
-            if echoLabel != nil { label = nil }
-            let format = renderFormat
-            do {
-                if target.hasPrefix("#") {
-                    try hub.say(session, room: target, text: text, kind: kind, tags: tags, echo: echoLabel == nil,
-                                then: publishedHandler(context, command: command, target: target, label: echoLabel) { format.message(for: .message($0)) })
-                } else {
-                    try hub.direct(session, to: target, text: text, kind: kind, tags: tags, echo: echoLabel == nil,
-                                   then: publishedHandler(context, command: command, target: target, label: echoLabel) { format.message(for: .direct($0)) })
-                    if kind == .say || kind == .action, let away = hub.sessions(named: target).first?.away {
-                        numeric(context, "301", target, away)
-                    }
-                }
-                unpublished += 1
-            } catch {
-                // A NOTICE never gets an automatic reply, not even an error.
-                let reply = command == "NOTICE" ? nil : chatErrorReply(error, target: target)
-                if let echoLabel {
-                    writeLabeledResponse(reply.map { [$0] } ?? [], label: echoLabel, context)
-                } else if let reply {
-                    send(context, reply)
-                }
+            unpublished += 1
+        } catch {
+            // A NOTICE never gets an automatic reply, not even an error.
+            let reply = command == "NOTICE" ? nil : chatErrorReply(error, target: target)
+            if let echoLabel {
+                writeLabeledResponse(reply.map { [$0] } ?? [], label: echoLabel, context)
+            } else if let reply {
+                send(context, reply)
             }
         }
     }
 
-    /// What the hub calls back with once a chat message is published (or refused): the labeled echo,
-    /// or the error, in order with this client's other replies.
+    /// What the hub calls back with once a chat message is published (or refused): the labeled echo
+    /// (`render` makes it), or the error, in order with this client's other replies.
     private func publishedHandler<Message: Sendable>(_ context: ChannelHandlerContext, command: String, target: String, label: String?,
-                                                     render: @escaping @Sendable (Message) -> IRCMessage?) -> PublishedHandler<Message> {
+                                                     render: (@Sendable (Message) -> IRCMessage?)?) -> PublishedHandler<Message> {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         return { result in
             let (handler, context) = bound.value
             var replies: [IRCMessage] = []
             switch result {
             case .success(let message):
-                if label != nil, let echo = render(message) { replies.append(echo) }
+                if label != nil, let echo = render?(message) { replies.append(echo) }
             case .failure(let error):
                 if command != "NOTICE" { replies.append(handler.chatErrorReply(error, target: target)) }
             }

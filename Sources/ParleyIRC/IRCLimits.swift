@@ -14,7 +14,12 @@ public enum IRCLimits {
 
     /// Checks a received line (without its line ending) against the limits.
     public static func check(_ line: Substring) -> Violation? {
-        var body = line.utf8[...]
+        check(line.utf8)
+    }
+
+    /// Checks a received line's bytes (without its line ending) against the limits.
+    public static func check<Bytes: Collection<UInt8>>(_ line: Bytes) -> Violation? {
+        var body = line[...]
         if body.first == UInt8(ascii: "@") {
             let end = body.firstIndex(of: UInt8(ascii: " ")) ?? body.endIndex
             let tagBytes = body.distance(from: body.startIndex, to: end) + 1

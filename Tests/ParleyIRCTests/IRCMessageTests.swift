@@ -33,6 +33,17 @@ import Testing
         #expect(throws: IRCMessage.ParseError.invalidCommand("PRIV-MSG")) { try parse("PRIV-MSG #a b") }
     }
 
+    /// The door parses a line's bytes as received: a lowercase command is uppercased, and bytes that
+    /// are not UTF-8 are replaced in the parameter that holds them, not elsewhere.
+    @Test func parsesReceivedBytesWithInvalidUTF8() throws {
+        let bytes: [UInt8] = Array("privmsg #caf\u{E9} :ok ".utf8) + [0xC3, 0x20, 0xFF] + Array(" d\u{E9}j\u{E0}".utf8)
+        let message = try bytes.withUnsafeBytes { raw in try IRCMessage(parsing: raw) }
+        #expect(message == IRCMessage("PRIVMSG", ["#caf\u{E9}", "ok \u{FFFD} \u{FFFD} d\u{E9}j\u{E0}"]))
+        #expect(throws: IRCMessage.ParseError.invalidCommand("PRIV\u{FFFD}")) {
+            try [UInt8]("PRIV".utf8 + [0xFF]).withUnsafeBytes { raw in try IRCMessage(parsing: raw) }
+        }
+    }
+
     @Test func lineBreaksInsideParametersCannotSplitTheLine() {
         #expect(IRCMessage("PART", ["#a", "bye\r\n:evil PRIVMSG #a :x\0"]).serialized() == "PART #a :bye  :evil PRIVMSG #a :x ")
         // The space a CR becomes makes the parameter a trailing one.
