@@ -54,8 +54,11 @@ public enum LineParser {
     public static func parse(_ line: String) -> Result<LineCommand?, LineParseError> {
         let trimmed = line.trimmingSpaces()
         if trimmed.isEmpty { return .success(nil) }
-        let lowered = trimmed.lowercased()
-        if lowered == "bye" || lowered == "exit" { return .success(.quit(nil)) }
+        // Only a line of three or four bytes can be `bye` or `exit`: no lowercased copy of every chat line.
+        if trimmed.utf8.count <= 4 {
+            let lowered = trimmed.lowercased()
+            if lowered == "bye" || lowered == "exit" { return .success(.quit(nil)) }
+        }
         guard trimmed.hasPrefix("/") else { return .success(.say(line)) }
 
         let body = trimmed.dropFirst()
@@ -110,9 +113,14 @@ public enum LineParser {
 
 extension String {
     func trimmingSpaces() -> String {
-        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" }
-        guard let first = firstIndex(where: { !isSpace($0) }),
-              let last = lastIndex(where: { !isSpace($0) }) else { return "" }
-        return String(self[first...last])
+        // By bytes (spaces and tabs are ASCII), and the string itself when there is nothing to trim:
+        // every chat line comes through here.
+        let isSpace: (UInt8) -> Bool = { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }
+        guard let first = utf8.firstIndex(where: { !isSpace($0) }),
+              let last = utf8.lastIndex(where: { !isSpace($0) }) else { return "" }
+        // Both bounds are next to an ASCII byte or an end, so they fall between scalars.
+        let end = utf8.index(after: last)
+        if first == utf8.startIndex && end == utf8.endIndex { return self }
+        return String(self[first..<end])
     }
 }

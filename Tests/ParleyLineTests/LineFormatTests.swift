@@ -19,6 +19,14 @@ import ParleyCore
         #expect(render(.message(action)) == "ACTION #dev alice waves\n")
         let notice = RoomMessage(room: "#dev", sender: alice, text: "fyi", kind: .notice, sequence: 3, time: Date())
         #expect(render(.message(notice)) == "MSG #dev alice: fyi\n")
+        // Written straight into the buffer, the line reads as the text form does, in any script.
+        let zoe = Speaker(name: "Zoë", user: "z", host: "::1", account: nil)
+        for kind in [MessageKind.say, .action, .notice] {
+            let message = RoomMessage(room: "#café", sender: zoe, text: "日本語 ok", kind: kind, sequence: 4, time: Date())
+            #expect(render(.message(message)) == (LineFormat.text(of: .message(message)) ?? "") + "\n")
+        }
+        let typing = RoomMessage(room: "#dev", sender: alice, text: "", kind: .tagOnly, sequence: 5, time: Date())
+        #expect(LineFormat.shared.render(.message(typing)) == nil)
     }
 
     @Test func directMessagesAndEchoes() {

@@ -50,6 +50,15 @@ import ParleyCore
         #expect(parse("bye") == .quit(nil))
         #expect(parse("EXIT") == .quit(nil))
         #expect(parse("bye everyone") == .say("bye everyone"))
+        #expect(parse(" \tBye  ") == .quit(nil))
+        #expect(parse("byé") == .say("byé"))
+    }
+
+    /// Spaces and tabs around a command go, whatever the text next to them is written in.
+    @Test func commandsAreTrimmedAroundAnyText() {
+        #expect(parse("\t/me  waves à Zoë\t ") == .me("waves à Zoë"))
+        #expect(parse("  /msg bob 日本  ") == .msg(to: "bob", text: "日本"))
+        #expect(parse("/say é") == .say("é"))
     }
 
     @Test func wrongArgumentsGiveTheUsage() {
