@@ -342,11 +342,14 @@ final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    /// Fills the window; over IRC, a `PING` carrying the count sent so far follows, and its `PONG`
-    /// acknowledges them all (a server handles a client's lines in order).
+    /// Fills the window once half of it (at least) is free, so that messages go out in bursts over
+    /// either protocol; over IRC, a `PING` carrying the count sent so far follows, and its `PONG`
+    /// acknowledges them all (a server handles a client's lines in order). Over the line door each
+    /// message is acknowledged by its own echo: refilling at every echo sent one message per write,
+    /// and the server read, stored and committed them one or two at a time.
     private func top() {
         guard let context, let stopSending, NIODeadline.now() < stopSending else { return checkSending() }
-        let owed = window - (outcome.sent - outcome.acknowledged)
+        let owed = Self.burst(window: window, unacknowledged: outcome.sent - outcome.acknowledged)
         guard owed > 0 else { return }
         var buffer = context.channel.allocator.buffer(capacity: owed * (messagePrefix.utf8.count + 32) + 32)
         let now = String(NIODeadline.now().uptimeNanoseconds)
@@ -361,6 +364,12 @@ final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
         }
         if protocolKind == .irc { buffer.writeString("PING :\(outcome.sent)\r\n") }
         context.writeAndFlush(NIOAny(buffer), promise: nil)
+    }
+
+    /// How many messages to send now: the free part of the window once it is half the window or more.
+    static func burst(window: Int, unacknowledged: Int) -> Int {
+        let free = window - unacknowledged
+        return free > 0 && free * 2 >= window ? free : 0
     }
 
     private func checkSending() {

@@ -19,6 +19,17 @@ import Testing
         #expect(lines(["\n\r\n"]) == ["", ""])
     }
 
+    /// A sender waits until half its window is free, then fills it in one burst.
+    @Test func aSenderRefillsItsWindowInBursts() {
+        #expect(ThroughputHandler.burst(window: 16, unacknowledged: 0) == 16)
+        #expect(ThroughputHandler.burst(window: 16, unacknowledged: 8) == 8)
+        #expect(ThroughputHandler.burst(window: 16, unacknowledged: 9) == 0)
+        #expect(ThroughputHandler.burst(window: 16, unacknowledged: 16) == 0)
+        #expect(ThroughputHandler.burst(window: 1, unacknowledged: 0) == 1)
+        #expect(ThroughputHandler.burst(window: 3, unacknowledged: 1) == 2)
+        #expect(ThroughputHandler.burst(window: 3, unacknowledged: 2) == 0)
+    }
+
     @Test func theSendTimeIsTheNumberAtTheEndOfALine() {
         func number(_ text: String) -> UInt64? { Array(text.utf8).withUnsafeBytes { trailingNumber($0) } }
         #expect(number(":a!a@h PRIVMSG #r :p3-17 1234567890123") == 1_234_567_890_123)
