@@ -12,11 +12,6 @@ public enum IRCLimits {
         case tagsTooLong
     }
 
-    /// Checks a received line (without its line ending) against the limits.
-    public static func check(_ line: Substring) -> Violation? {
-        check(line.utf8)
-    }
-
     /// Checks a received line's bytes (without its line ending) against the limits.
     public static func check<Bytes: Collection<UInt8>>(_ line: Bytes) -> Violation? {
         var body = line[...]

@@ -5,16 +5,16 @@ import Testing
     @Test func bodyOf510BytesPlusCRLFFits() {
         let body = "PRIVMSG #a :" + String(repeating: "x", count: 510 - 12)
         #expect(body.utf8.count == 510)
-        #expect(IRCLimits.check(Substring(body)) == nil)
-        #expect(IRCLimits.check(Substring(body + "x")) == .bodyTooLong)
+        #expect(IRCLimits.check(body.utf8) == nil)
+        #expect(IRCLimits.check((body + "x").utf8) == .bodyTooLong)
     }
 
     @Test func tagsDoNotCountAgainstTheBody() {
         let tags = "@" + String(repeating: "t", count: 4000) + " "
         let body = "PRIVMSG #a :" + String(repeating: "x", count: 498)
-        #expect(IRCLimits.check(Substring(tags + body)) == nil)
+        #expect(IRCLimits.check((tags + body).utf8) == nil)
         let hugeTags = "@" + String(repeating: "t", count: 4095) + " "
-        #expect(IRCLimits.check(Substring(hugeTags + "PING x")) == .tagsTooLong)
+        #expect(IRCLimits.check((hugeTags + "PING x").utf8) == .tagsTooLong)
     }
 
     @Test func chunksRespectTheBudgetAndTheItemCount() {
