@@ -264,8 +264,8 @@ private func join(_ client: LineClient, room: String, nick: String, protocolKind
     }
 }
 
-/// One throughput client on its event loop. A sender keeps `window` messages unacknowledged, sending
-/// more as acknowledgements come. Every client counts the room messages it receives by looking at a
+/// One throughput client on its event loop. A sender sends `window` messages, then the next
+/// `window` once all of them are acknowledged. Every client counts the room messages it receives by looking at a
 /// line's first bytes: no strings, no task switch per line, so that the generator costs the machine as
 /// little as it can. An observer also reads the send time at the end of each message, for latency.
 ///
@@ -342,8 +342,8 @@ final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    /// Fills the window once half of it (at least) is free, so that messages go out in bursts over
-    /// either protocol; over IRC, a `PING` carrying the count sent so far follows, and its `PONG`
+    /// Sends a window's worth once all that went before is acknowledged, the same way over either
+    /// protocol; over IRC, a `PING` carrying the count sent so far follows, and its `PONG`
     /// acknowledges them all (a server handles a client's lines in order). Over the line door each
     /// message is acknowledged by its own echo: refilling at every echo sent one message per write,
     /// and the server read, stored and committed them one or two at a time.
@@ -366,10 +366,9 @@ final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
         context.writeAndFlush(NIOAny(buffer), promise: nil)
     }
 
-    /// How many messages to send now: the free part of the window once it is half the window or more.
+    /// How many messages to send now: a whole window once nothing is left unacknowledged.
     static func burst(window: Int, unacknowledged: Int) -> Int {
-        let free = window - unacknowledged
-        return free > 0 && free * 2 >= window ? free : 0
+        unacknowledged == 0 ? window : 0
     }
 
     private func checkSending() {

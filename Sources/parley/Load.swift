@@ -54,7 +54,7 @@ struct Load: AsyncParsableCommand {
     @Option(help: "rooms: how long the clients send, in seconds.")
     var seconds = 10.0
 
-    @Option(help: "rooms: messages a client may have in flight (sent, not yet echoed).")
+    @Option(help: "rooms, fanout: messages a sender sends at once, then waits until all are acknowledged.")
     var window = 16
 
     @Option(help: "How many messages each client sends.")
