@@ -408,7 +408,14 @@ public final class LineClient: Sendable {
         }
         let channel: any Channel
         do {
-            channel = try await bootstrap.connect(host: host, port: port).get()
+            // An address literal (every benchmark's 127.0.0.1) is connected to directly: by name, NIO
+            // resolves it on a thread of its own and races the results (Happy Eyeballs), a cost per
+            // connection that held up `--scenario connections` more than the server did.
+            if let address = try? SocketAddress(ipAddress: host, port: port) {
+                channel = try await bootstrap.connect(to: address).get()
+            } else {
+                channel = try await bootstrap.connect(host: host, port: port).get()
+            }
         } catch {
             throw LineClientError.connectFailed("\(host):\(port): \(describeConnectError(error))")
         }
