@@ -39,9 +39,14 @@ public final class ChannelSink: SessionSink {
     /// Read by the hub on other threads; changed by the door (for example when IRC capabilities change).
     private let currentFormat: Mutex<any WireFormat>
 
+    /// The channel's loop's turn, where queued flushes of all its connections wait to be written
+    /// together; nil: each connection's flush is a task of its own.
+    private let turn: NextTurn?
+
     public init(channel: any Channel, format: any WireFormat, closeGrace: TimeAmount, receivesOwnMessages: Bool = true,
-                overflowNotice: @escaping @Sendable (any WireFormat) -> ByteBuffer?) {
+                turn: NextTurn? = nil, overflowNotice: @escaping @Sendable (any WireFormat) -> ByteBuffer?) {
         self.channel = channel
+        self.turn = turn
         self.closeGrace = closeGrace
         self.overflowNotice = overflowNotice
         self.currentFormat = Mutex(format)
@@ -147,10 +152,17 @@ public final class ChannelSink: SessionSink {
         // than the locked exchange.
         guard !isClosing, !flushScheduled.load(ordering: .relaxed),
               !flushScheduled.exchange(true, ordering: .relaxed) else { return }
-        channel.eventLoop.execute {
-            self.flushScheduled.store(false, ordering: .relaxed)
-            self.flushNow()
+        if let turn {
+            turn.flushSoon(self)
+            return
         }
+        channel.eventLoop.execute { self.flushFromTurn() }
+    }
+
+    /// The queued flush (`flushQueued`) is due.
+    func flushFromTurn() {
+        flushScheduled.store(false, ordering: .relaxed)
+        flushNow()
     }
 
     /// Flushes now (a door's replies to the lines of one read).

@@ -9,8 +9,8 @@ import NIOCore
 /// loop is woken through a pipe it watches (`attach`), so it comes up among the sockets' reads of the
 /// next turn, in the order it was put off. Before a pipe is attached (tests, or a loop without one)
 /// it runs as a task instead.
-// @unchecked Sendable: `waiting`, `running`, `armed` and `wake` are read and written only on `loop`
-// (`later`, `attach`, `detach` and `run` assert it); `loop` is a constant.
+// @unchecked Sendable: `waiting`, `running`, `armed`, `wake` and the flush list are read and written
+// only on `loop` (`later`, `attach`, `detach`, `run` and `flushSoon` assert it); `loop` is a constant.
 public final class NextTurn: @unchecked Sendable {
     public let loop: any EventLoop
     private var waiting: [() -> Void] = []
@@ -48,6 +48,44 @@ public final class NextTurn: @unchecked Sendable {
         loop.preconditionInEventLoop()
         wake = nil
         if armed { loop.execute { self.run() } }
+    }
+
+    // MARK: Gathered output
+
+    /// Connections with output gathered and not yet written, to be flushed together (`flushSoon`).
+    private var unflushed: [ChannelSink] = []
+    private var flushing: [ChannelSink] = []
+    private var flushArmed = false
+    /// Turns the flush has been put off by so far.
+    private var flushDeferrals = 0
+    /// How many turns a flush may wait while the loop has more work put off (the publishing queue's
+    /// next pass): each connection's write then carries several passes' messages.
+    static let maxFlushDeferrals = 2
+
+    /// Writes `sink`'s gathered output on a coming turn, with every other connection's: at the next
+    /// turn, or while more work waits for the turn after it (under load), up to `maxFlushDeferrals`
+    /// turns later. Call on the loop, once per sink until it is flushed (the sink keeps a flag).
+    func flushSoon(_ sink: ChannelSink) {
+        loop.assertInEventLoop()
+        unflushed.append(sink)
+        guard !flushArmed else { return }
+        flushArmed = true
+        flushDeferrals = 0
+        later { self.flushGathered() }
+    }
+
+    private func flushGathered() {
+        // Other work in this turn or put off to the next (a publishing pass, connections waiting for
+        // their turn to read on) means a busy loop, whose next pass will likely add to the output.
+        if running.count > 1 || !waiting.isEmpty, flushDeferrals < Self.maxFlushDeferrals {
+            flushDeferrals += 1
+            later { self.flushGathered() }
+            return
+        }
+        flushArmed = false
+        swap(&unflushed, &flushing)
+        for sink in flushing { sink.flushFromTurn() }
+        flushing.removeAll(keepingCapacity: true)
     }
 
     /// Runs what was put off until now; what it puts off in turn waits for the next turn.

@@ -205,7 +205,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         address = ChannelSink.describe(context.channel.remoteAddress)
         hub.counters.unregisteredConnections.add(1, ordering: .relaxed)
         sink = ChannelSink(channel: context.channel, format: renderFormat,
-                           closeGrace: config.closeGrace, receivesOwnMessages: false) { format in
+                           closeGrace: config.closeGrace, receivesOwnMessages: false,
+                           turn: door.turns?.turn(for: context.eventLoop)) { format in
             format.render(.goodbye(.sendqExceeded))
         }
         let now = NIODeadline.now()

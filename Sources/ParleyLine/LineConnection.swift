@@ -34,7 +34,8 @@ public final class LineConnectionHandler: ChannelDuplexHandler {
     }
 
     public func channelActive(context: ChannelHandlerContext) {
-        let sink = ChannelSink(channel: context.channel, format: LineFormat.shared, closeGrace: config.closeGrace) { format in
+        let sink = ChannelSink(channel: context.channel, format: LineFormat.shared, closeGrace: config.closeGrace,
+                               turn: turns?.turn(for: context.eventLoop)) { format in
             var last = ByteBuffer(string: LineReply.err("sendq-exceeded", "You stopped reading and more than your outbound limit queued up; disconnecting. Reconnect to continue.") + "\n")
             if let bye = format.render(.goodbye(.sendqExceeded)) { last.writeImmutableBuffer(bye) }
             return last

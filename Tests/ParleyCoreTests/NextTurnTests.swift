@@ -1,6 +1,6 @@
 import NIOCore
 import NIOEmbedded
-import ParleyCore
+@testable import ParleyCore
 import Testing
 
 /// `NextTurn` on a loop the test drives: what is put off runs in order, on the next turn only, and
@@ -59,5 +59,79 @@ import Testing
         #expect(turns.all.count == 2)
         #expect(turns.turn(for: loops[1])?.loop === loops[1])
         #expect(turns.turn(for: EmbeddedEventLoop()) == nil)
+    }
+}
+
+/// Connections' queued flushes wait in their loop's turn and go out together: one write per
+/// connection for everything delivered before the turn, later still while the loop has more work put
+/// off, but never more than `maxFlushDeferrals` turns later.
+@Suite struct GatheredFlushTests {
+    /// A connection on `loop` whose sink flushes through `turn`.
+    func connection(_ loop: EmbeddedEventLoop, _ turn: NextTurn) -> (EmbeddedChannel, ChannelSink) {
+        let channel = EmbeddedChannel(loop: loop)
+        let sink = ChannelSink(channel: channel, format: EventFormat(), closeGrace: .seconds(1), turn: turn) { _ in nil }
+        return (channel, sink)
+    }
+
+    func deliver(_ text: String, to sink: ChannelSink) {
+        Array(text.utf8).withUnsafeBytes { sink.deliver($0) }
+    }
+
+    /// Everything written to `channel` so far, one string per write.
+    func writes(_ channel: EmbeddedChannel) throws -> [String] {
+        var all: [String] = []
+        while let buffer = try channel.readOutbound(as: ByteBuffer.self) { all.append(String(buffer: buffer)) }
+        return all
+    }
+
+    @Test func deliveriesOfATurnGoOutAsOneWritePerConnectionOnTheNextTurn() throws {
+        let loop = EmbeddedEventLoop()
+        let turn = NextTurn(loop: loop)
+        var wakes = 0
+        turn.attach { wakes += 1 }
+        let (first, firstSink) = connection(loop, turn)
+        let (second, secondSink) = connection(loop, turn)
+        deliver("a1\n", to: firstSink)
+        deliver("b1\n", to: secondSink)
+        deliver("a2\n", to: firstSink)
+        loop.run()
+        #expect(try writes(first).isEmpty)
+        #expect(wakes == 1)
+        turn.run()
+        #expect(try writes(first) == ["a1\na2\n"])
+        #expect(try writes(second) == ["b1\n"])
+        // Nothing more was delivered: the next turn writes nothing.
+        turn.run()
+        #expect(try writes(first).isEmpty && writes(second).isEmpty)
+        deliver("a3\n", to: firstSink)
+        turn.run()
+        #expect(try writes(first) == ["a3\n"])
+    }
+
+    @Test func whileMoreWorkIsPutOffTheFlushWaitsABoundedNumberOfTurns() throws {
+        let loop = EmbeddedEventLoop()
+        let turn = NextTurn(loop: loop)
+        turn.attach {}
+        let (channel, sink) = connection(loop, turn)
+        deliver("m1\n", to: sink)
+        // A publishing pass that puts its next pass off, turn after turn, delivering each time.
+        var pass = 1
+        func publish() {
+            pass += 1
+            deliver("m\(pass)\n", to: sink)
+            turn.later { publish() }
+        }
+        turn.later { publish() }
+        var written: [[String]] = []
+        for _ in 0..<(NextTurn.maxFlushDeferrals + 2) {
+            turn.run()
+            written.append(try writes(channel))
+        }
+        // Put off while the loop was busy, then written once, holding every pass so far; what the
+        // next pass delivers waits again.
+        let waited = NextTurn.maxFlushDeferrals
+        #expect(written.prefix(waited).allSatisfy { $0.isEmpty })
+        #expect(written[waited] == [(1...(waited + 1)).map { "m\($0)\n" }.joined()])
+        #expect(written[waited + 1].isEmpty)
     }
 }
