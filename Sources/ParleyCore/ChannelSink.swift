@@ -5,9 +5,9 @@ import Synchronization
 /// queue, goodbye-then-close. Doors differ only in their format and in what they say on overflow.
 /// Every `SessionSink` method runs on the channel's event loop.
 ///
-/// Output is gathered in one buffer per connection and handed to the channel once per loop pass (or
-/// when it reaches `writeChunk`): a member of a busy room gets its hundred messages as one write of
-/// one buffer rather than a hundred trips through the pipeline. A door that writes must do it through
+/// Output is gathered in one buffer per connection and handed to the channel when the loop's turn
+/// flushes it (or when it reaches `writeChunk`): a member of a busy room gets its hundred messages as
+/// one write of one buffer rather than a hundred trips through the pipeline. A door that writes must do it through
 /// `enqueue`, so that its replies stay in order with the hub's messages.
 public final class ChannelSink: SessionSink {
     /// Gathered output goes to the channel once it is this big, so the channel's writability (the
@@ -145,8 +145,9 @@ public final class ChannelSink: SessionSink {
         closing.store(true, ordering: .relaxed)
     }
 
-    /// Coalesces: the flush runs after the tasks already queued on this loop, so a client that is
-    /// handed many messages in one loop pass (a busy room) gets them in one `writev`, not one each.
+    /// Coalesces: the flush waits for the loop's next turn (`NextTurn.flushSoon`; without a turn,
+    /// for the tasks already queued), so a client handed many messages meanwhile (a busy room) gets
+    /// them in one write, not one each.
     public func flushQueued() {
         // The load first: after a pass's first copy the flush is queued, and a plain read is cheaper
         // than the locked exchange.
