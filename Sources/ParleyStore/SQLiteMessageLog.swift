@@ -119,6 +119,11 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         let arena = TextArena()
         while true {
             _ = wake.wait(timeout: .now() + .seconds(1))
+            // Woken while busy (the last pass stored something), let the thread that woke it go on
+            // first: on a shared core the writer otherwise preempts a loop at the first message of a
+            // read and commits it nearly alone. Over the line door, fan-out to 1,000 settled at 5 to 9
+            // messages a transaction (36 with the yield, and 13 to 25% more deliveries).
+            if lastBatch > 0 { sched_yield() }
             // Commit delay: a transaction costs a few hundred microseconds whatever it holds. Under load
             // (the last batch held `busyBatch` messages or more), let a small batch grow for up to 2 ms,
             // but only while it is growing: once a step passes with nothing new, the loops have handed
