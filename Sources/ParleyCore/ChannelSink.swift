@@ -7,8 +7,8 @@ import Synchronization
 ///
 /// Output is gathered in one buffer per connection and handed to the channel when the loop's turn
 /// flushes it (or when it reaches `writeChunk`): a member of a busy room gets its hundred messages as
-/// one write of one buffer rather than a hundred trips through the pipeline. A door that writes must do it through
-/// `enqueue`, so that its replies stay in order with the hub's messages.
+/// one write of one buffer rather than a hundred trips through the pipeline. A door that writes must
+/// do it through `enqueue`, so that its replies stay in order with the hub's messages.
 public final class ChannelSink: SessionSink {
     /// Gathered output goes to the channel once it is this big, so the channel's writability (the
     /// outbound limit) sees it.
