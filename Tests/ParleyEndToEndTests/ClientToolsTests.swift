@@ -150,6 +150,19 @@ import Testing
         }
     }
 
+    @Test func aConnectionsRunAgainstNoServerCountsEveryClientAsFailedAndSaysWhy() async throws {
+        var options = ConnectionsOptions()
+        options.port = 1  // tcpmux: no listener here
+        options.protocolKind = .irc
+        options.clients = 3
+        options.holdSeconds = 0
+        options.timeout = .seconds(20)
+        let report = await runConnections(options)
+        #expect(!report.succeeded)
+        #expect(report.registered == 0 && report.failed == 3 && report.errorCount == 3)
+        #expect(report.errors.first?.contains("refused") == true)
+    }
+
     @Test func aLoadRunAgainstNoServerFailsAndSaysWhy() async throws {
         // Port 1 (tcpmux) has no listener here; a port freed by another test could be reused at once.
         let port = 1
