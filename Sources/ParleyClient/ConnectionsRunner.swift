@@ -196,12 +196,12 @@ final class RegistrationHandler: ChannelInboundHandler, Sendable {
             case .line:
                 if line.starts(with: "WELCOME ".utf8) { finish(.success(())) }
             case .irc:
-                // `:server 001 nick :Welcome...`; a refusal is ERROR or 432, 433, 465.
+                // `:server 001 nick :Welcome...`; a refusal is ERROR or one of `ircRegistrationRefusals`.
                 guard let space = line.firstIndex(of: UInt8(ascii: " ")) else { return }
                 let command = UnsafeRawBufferPointer(rebasing: line[(space + 1)...])
                 if command.starts(with: "001 ".utf8) {
                     finish(.success(()))
-                } else if line.starts(with: "ERROR".utf8) || ["432 ", "433 ", "465 "].contains(where: { command.starts(with: $0.utf8) }) {
+                } else if line.starts(with: "ERROR".utf8) || ircRegistrationRefusals.contains(where: { command.starts(with: ($0 + " ").utf8) }) {
                     finish(.failure(LoadFailure("registration refused: \(String(decoding: line, as: UTF8.self))")))
                 }
             }
@@ -230,6 +230,9 @@ final class RegistrationHandler: ChannelInboundHandler, Sendable {
     }
 }
 
+/// The numerics that refuse a registration: erroneous nick, nick in use, banned.
+let ircRegistrationRefusals = ["432", "433", "465"]
+
 /// Registers an IRC connection: `NICK`, `USER`, then waits for `001`, answering a `PING` on the way
 /// (some servers check that a client answers before they welcome it).
 func registerIRC(_ client: LineClient, nick: String, timeout: Duration) async throws {
@@ -245,7 +248,7 @@ func registerIRC(_ client: LineClient, nick: String, timeout: Duration) async th
             try await client.send("PONG " + line.dropFirst(5) + "\r")
         } else if words.count >= 2, words[1] == "001" {
             return
-        } else if words.first == "ERROR" || (words.count >= 2 && ["432", "433", "465"].contains(String(words[1]))) {
+        } else if words.first == "ERROR" || (words.count >= 2 && ircRegistrationRefusals.contains(String(words[1]))) {
             throw LoadFailure("registration refused: \(line)")
         }
     }
