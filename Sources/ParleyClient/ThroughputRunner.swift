@@ -267,7 +267,8 @@ private func join(_ client: LineClient, room: String, nick: String, protocolKind
 /// One throughput client on its event loop. A sender sends `window` messages, then the next
 /// `window` once all of them are acknowledged. Every client counts the room messages it receives by
 /// looking at a line's first bytes: no strings, no task switch per line, so that the generator costs
-/// the machine as little as it can. An observer also reads the send time at the end of each message, for latency.
+/// the machine as little as it can. An observer also reads the send time at the end of each message,
+/// for latency.
 ///
 /// A message's text is `TAG SEQ TIME`: `p12-` for client 12, its sequence number, and the generator's
 /// monotonic clock in nanoseconds when it was sent.
