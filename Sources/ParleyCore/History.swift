@@ -163,8 +163,8 @@ public protocol MessageLog: Sendable {
     func claimPending(account: String) async throws -> [LoggedMessage]
     /// Messages of one target (a room key or a conversation key), oldest first.
     func messages(target: String, in range: HistoryRange) async throws -> [LoggedMessage]
-    /// A message by serial with the target it belongs to.
-    func message(serial: UInt64) async throws -> (target: String, message: LoggedMessage)?
+    /// A message of one target by serial; nil if that target has no such message.
+    func message(serial: UInt64, in target: String) async throws -> LoggedMessage?
     /// Of the given room keys and the conversations of `participant` (nil: none), those with messages
     /// between two times, with their latest message's time in that window, oldest first.
     func activeTargets(rooms: [String], conversationsOf participant: String?, from: Date, to: Date, limit: Int) async throws -> [(target: String, latest: Date)]

@@ -1040,8 +1040,7 @@ public final class Hub: Sendable {
         guard let log else { throw .historyUnavailable }
         guard let serial = MessageID.serial(msgid) else { return nil }
         do {
-            guard let found = try await log.message(serial: serial), found.target == key else { return nil }
-            return found.message.cursor
+            return try await log.message(serial: serial, in: key)?.cursor
         } catch {
             throw .storeFailed("read the history")
         }

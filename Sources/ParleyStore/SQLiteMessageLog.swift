@@ -117,6 +117,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         var touchedRooms: Set<String> = []
         var lastBatch = 0
         let arena = TextArena()
+        let batch = RoomChunkBatch()
         while true {
             _ = wake.wait(timeout: .now() + .seconds(1))
             // Woken while busy (the last pass stored something), let the thread that woke it go on
@@ -151,7 +152,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                 let writes = jobs.contains { if case .barrier = $0 { false } else { true } }
                 let tracksRooms = retention.maxPerRoom != nil
                 let result: Result<(claims: [[LoggedMessage]], rooms: Set<String>), any Error> =
-                    writes ? Result { try pool.write { db in try Self.perform(jobs, db, trackRooms: tracksRooms, arena: arena) } } : .success(([], []))
+                    writes ? Result { try pool.write { db in try Self.perform(jobs, db, trackRooms: tracksRooms, arena: arena, batch: batch) } } : .success(([], []))
                 if case .success(let done) = result { touchedRooms.formUnion(done.rooms) }
                 if writes { transactions.add(1, ordering: .relaxed) }
                 let committed = (try? result.get()) != nil
@@ -212,20 +213,26 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
 
     /// One transaction for a batch of jobs; returns what each claim took, in order, and, when
     /// `trackRooms`, the rooms written to (for pruning by count).
-    private static func perform(_ jobs: [Job], _ db: Database, trackRooms: Bool, arena: TextArena) throws -> (claims: [[LoggedMessage]], rooms: Set<String>) {
+    private static func perform(_ jobs: [Job], _ db: Database, trackRooms: Bool, arena: TextArena, batch: RoomChunkBatch) throws -> (claims: [[LoggedMessage]], rooms: Set<String>) {
+        batch.clear()
         var claims: [[LoggedMessage]] = []
         var rooms: Set<String> = []
-        // Appends in a row are inserted together; an update or a claim after them sees them stored.
+        // Direct messages in a row are inserted together; an update or a claim after them sees them
+        // stored. Room messages (which marks and claims never touch) go in at the end, a chunk per room.
         var run: [Append] = []
         run.reserveCapacity(jobs.count)
         func insertRun() throws {
-            try Self.insert(run, db, trackRooms: trackRooms, rooms: &rooms, arena: arena)
+            try Self.insert(run, db, arena: arena)
             run.removeAll(keepingCapacity: true)
         }
         for job in jobs {
             switch job {
             case .append(let append):
-                run.append(append)
+                if case .room(let message) = append.message {
+                    batch.add(message)
+                } else {
+                    run.append(append)
+                }
             case .markPending(let serial, let account):
                 try insertRun()
                 try db.execute(sql: "UPDATE message SET pendingFor = ? WHERE id = ?", arguments: [account, Int64(bitPattern: serial)])
@@ -239,6 +246,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
             }
         }
         try insertRun()
+        try batch.insert(db) { room in if trackRooms { rooms.insert(room) } }
         return (claims, rooms)
     }
 
@@ -259,9 +267,9 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         }
     }()
 
-    /// Inserts `messages` in order, as few statements as the sizes allow (32 + 8 + 2 for 42); when
-    /// `trackRooms`, adds the rooms written to `rooms`.
-    private static func insert(_ messages: [Append], _ db: Database, trackRooms: Bool, rooms: inout Set<String>, arena: TextArena) throws {
+    /// Inserts direct `messages` in order, a row each, as few statements as the sizes allow (32 + 8 +
+    /// 2 for 42).
+    private static func insert(_ messages: [Append], _ db: Database, arena: TextArena) throws {
         var start = 0
         while start < messages.count {
             var rows = maxRowsPerInsert
@@ -270,8 +278,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
             sqlite3_reset(handle)
             arena.reset()
             for row in 0..<rows {
-                let target = bind(messages[start + row].message, from: Int32(row) * columnsPerRow + 1, handle, arena)
-                if trackRooms, target.hasPrefix("#") { rooms.insert(target) }
+                bind(messages[start + row].message, from: Int32(row) * columnsPerRow + 1, handle, arena)
             }
             let code = sqlite3_step(handle)
             // The statement stays cached: it must not keep pointers into the arena, reused by the next.
@@ -285,8 +292,8 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
 
     /// Binds one message's columns, from parameter `first` on, straight to SQLite: this runs once per
     /// message on the one writer thread, and GRDB's `StatementArguments` (an array of existentials
-    /// per row) cost more than the insert itself. Returns the row's target.
-    private static func bind(_ logged: LoggedMessage, from first: Int32, _ handle: OpaquePointer, _ arena: TextArena) -> String {
+    /// per row) cost more than the insert itself.
+    private static func bind(_ logged: LoggedMessage, from first: Int32, _ handle: OpaquePointer, _ arena: TextArena) {
         let (serial, target, time, kind, sender, recipient, text, tags, pendingFor): (UInt64, String, Date, MessageKind, Speaker, String, String, [MessageTag], String?)
         switch logged {
         case .room(let message):
@@ -308,7 +315,6 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         bind(text, first + 9, handle, arena)
         bind(TagCoding.encode(tags), first + 10, handle, arena)
         bind(pendingFor, first + 11, handle, arena)
-        return target
     }
 
     /// Binds `text` (nil: NULL) to parameter `index` from a copy in `arena`, which SQLite reads in
@@ -340,15 +346,49 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                 deleted += count
                 if count < 5000 { break }
             }
+            // Chunks that started before the cutoff: wholly older ones go, the others lose their older part.
+            while true {
+                let (count, chunks) = try pool.write { db in
+                    let old = try Row.fetchAll(db, sql: "SELECT id, lastTime, count FROM chunk WHERE firstTime < ? ORDER BY firstTime LIMIT 500", arguments: [cutoff])
+                    var count = 0
+                    for chunk in old {
+                        let lastTime: Int64 = chunk["lastTime"]
+                        if lastTime < cutoff {
+                            try db.execute(sql: "DELETE FROM chunk WHERE id = ?", arguments: [chunk["id"] as Int64])
+                            count += chunk["count"] as Int
+                        } else {
+                            count += try RoomChunks.trim(db, id: chunk["id"]) { messages in
+                                messages.drop { Milliseconds.from($0.time) < cutoff }
+                            }
+                        }
+                    }
+                    return (count, old.count)
+                }
+                deleted += count
+                if chunks < 500 { break }
+            }
         }
         if let maxPerRoom = retention.maxPerRoom {
             for room in rooms.sorted() {
                 deleted += try pool.write { db in
-                    guard let oldestKept = try Row.fetchOne(db, sql: "SELECT time, id FROM message WHERE target = ? ORDER BY time DESC, id DESC LIMIT 1 OFFSET ?",
-                                                            arguments: [room, maxPerRoom - 1]) else { return 0 }
-                    try db.execute(sql: "DELETE FROM message WHERE target = ? AND (time, id) < (?, ?)",
-                                   arguments: [room, oldestKept["time"] as Int64, oldestKept["id"] as Int64])
-                    return db.changesCount
+                    // Newest first, the chunk that reaches the limit keeps its newest part; older ones go.
+                    let chunks = try Row.fetchCursor(db, sql: "SELECT id, lastTime, count FROM chunk WHERE target = ? ORDER BY lastTime DESC, id DESC", arguments: [room])
+                    var kept = 0
+                    var boundary: (id: Int64, lastTime: Int64, keep: Int)?
+                    while let chunk = try chunks.next() {
+                        let count: Int = chunk["count"]
+                        if kept + count >= maxPerRoom {
+                            boundary = (chunk["id"], chunk["lastTime"], maxPerRoom - kept)
+                            break
+                        }
+                        kept += count
+                    }
+                    guard let boundary, maxPerRoom > 0 else { return 0 }
+                    let older: StatementArguments = [room, boundary.lastTime, boundary.id]
+                    var count = try Int.fetchOne(db, sql: "SELECT SUM(count) FROM chunk WHERE target = ? AND (lastTime, id) < (?, ?)", arguments: older) ?? 0
+                    try db.execute(sql: "DELETE FROM chunk WHERE target = ? AND (lastTime, id) < (?, ?)", arguments: older)
+                    count += try RoomChunks.trim(db, id: boundary.id) { messages in messages.suffix(boundary.keep) }
+                    return count
                 }
             }
         }
@@ -358,6 +398,9 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
     // MARK: Reading (GRDB's reader threads)
 
     public func messages(target: String, in range: HistoryRange) async throws -> [LoggedMessage] {
+        guard Self.isConversation(target) else {
+            return try await pool.read { db in try RoomChunks.messages(db, target: target, in: range).map(LoggedMessage.room) }
+        }
         var conditions = ["target = ?"]
         var values: [DatabaseValue] = [target.databaseValue]
         if let after = range.after {
@@ -376,20 +419,23 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         return range.newestFirst ? messages.reversed() : messages
     }
 
-    public func message(serial: UInt64) async throws -> (target: String, message: LoggedMessage)? {
+    public func message(serial: UInt64, in target: String) async throws -> LoggedMessage? {
         try await pool.read { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM message WHERE id = ?", arguments: [Int64(clamping: serial)]),
-                  let message = Self.message(row) else { return nil }
-            return (row["target"], message)
+            guard Self.isConversation(target) else { return try RoomChunks.message(db, serial: serial, target: target).map(LoggedMessage.room) }
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM message WHERE id = ? AND target = ?", arguments: [Int64(clamping: serial), target]) else { return nil }
+            return Self.message(row)
         }
     }
+
+    /// Direct conversations (`@a b`) are stored a row per message; everything else is a room's, in chunks.
+    static func isConversation(_ target: String) -> Bool { target.hasPrefix("@") }
 
     public func activeTargets(rooms: [String], conversationsOf participant: String?, from: Date, to: Date, limit: Int) async throws -> [(target: String, latest: Date)] {
         let (low, high) = (Milliseconds.from(from), Milliseconds.from(to))
         let found: [(String, Int64)] = try await pool.read { db in
             var latest: [(String, Int64)] = []
             for room in rooms {
-                if let time = try Int64.fetchOne(db, sql: "SELECT MAX(time) FROM message WHERE target = ?", arguments: [room]) {
+                if let time = try Int64.fetchOne(db, sql: "SELECT MAX(lastTime) FROM chunk WHERE target = ?", arguments: [room]) {
                     latest.append((room, time))
                 }
             }
@@ -416,16 +462,15 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
     /// next serial and the latest time, so that ids and times carry on increasing.
     public func resume(perRoom: Int) throws -> (nextSerial: UInt64, lastTimeMs: Int64, recent: [RoomMessage]) {
         try pool.read { db in
-            let maxID = try Int64.fetchOne(db, sql: "SELECT MAX(id) FROM message") ?? 0
-            let maxTime = try Int64.fetchOne(db, sql: "SELECT MAX(time) FROM message") ?? 0
+            let maxID = max(try Int64.fetchOne(db, sql: "SELECT MAX(id) FROM message") ?? 0,
+                            try Int64.fetchOne(db, sql: "SELECT MAX(id) FROM chunk") ?? 0)
+            let maxTime = max(try Int64.fetchOne(db, sql: "SELECT MAX(time) FROM message") ?? 0,
+                              try Int64.fetchOne(db, sql: "SELECT MAX(lastTime) FROM chunk") ?? 0)
             var recent: [RoomMessage] = []
-            var previous = "#"
-            while perRoom > 0, let room = try String.fetchOne(db, sql: "SELECT MIN(target) FROM message WHERE target > ? AND target < '$'", arguments: [previous]) {
+            var previous = ""
+            while perRoom > 0, let room = try String.fetchOne(db, sql: "SELECT MIN(target) FROM chunk WHERE target > ?", arguments: [previous]) {
                 previous = room
-                let rows = try Row.fetchAll(db, sql: "SELECT * FROM message WHERE target = ? ORDER BY time DESC, id DESC LIMIT ?", arguments: [room, perRoom])
-                for row in rows.reversed() {
-                    if case .room(let message)? = Self.message(row) { recent.append(message) }
-                }
+                recent += try RoomChunks.messages(db, target: room, in: HistoryRange(limit: perRoom, newestFirst: true))
             }
             return (UInt64(max(0, maxID)) + 1, maxTime, recent)
         }

@@ -123,6 +123,24 @@ public final class SQLiteStore: AccountStore, Sendable {
                 CREATE INDEX message_pending ON message(pendingFor) WHERE pendingFor IS NOT NULL;
                 """)
         }
+        migrator.registerMigration("v3-room-chunks") { db in
+            // Room messages move to chunks (see `RoomChunks`); direct messages stay a row each, where
+            // pending marks and claims update them.
+            try db.execute(sql: RoomChunks.schema)
+            let rows = try Row.fetchCursor(db, sql: "SELECT * FROM message WHERE target NOT LIKE '@%' ORDER BY target, time, id")
+            var target = ""
+            var messages: [RoomMessage] = []
+            while let row = try rows.next() {
+                let rowTarget: String = row["target"]
+                if rowTarget != target {
+                    try RoomChunks.insert(target: target, messages, db)
+                    (target, messages) = (rowTarget, [])
+                }
+                if case .room(let message)? = SQLiteMessageLog.message(row) { messages.append(message) }
+            }
+            try RoomChunks.insert(target: target, messages, db)
+            try db.execute(sql: "DELETE FROM message WHERE target NOT LIKE '@%'")
+        }
         return migrator
     }
 

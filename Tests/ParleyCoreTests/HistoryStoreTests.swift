@@ -51,9 +51,8 @@ import Testing
         #expect(byTime.map(\.serial) == [11, 12, 13, 14])
         #expect(try await log.messages(target: "#other", in: HistoryRange(limit: 5, newestFirst: true)).isEmpty)
 
-        let found = try await log.message(serial: 7)
-        #expect(found?.target == "#dev")
-        guard case .room(let seven)? = found?.message else { Issue.record("no room message 7"); return }
+        #expect(try await log.message(serial: 7, in: "#other") == nil)
+        guard case .room(let seven)? = try await log.message(serial: 7, in: "#dev") else { Issue.record("no room message 7"); return }
         #expect(seven.text == "m7" && seven.sender == Self.alice && seven.time == Self.roomMessage(7).time)
         await log.close()
         try store.close()
@@ -69,6 +68,20 @@ import Testing
             DispatchQueue.global().async { held.wait(); done.resume() }
         }
         return gate
+    }
+
+    /// Appends while the writer is held, so that every message goes into one transaction, and waits
+    /// until they are reported committed.
+    func appendInOneTransaction(_ messages: [LoggedMessage], to log: SQLiteMessageLog) async {
+        let gate = await holdWriter(log)
+        let reports = AsyncStream<Bool>.makeStream()
+        for message in messages { log.append(message, publisher: nil) { reports.continuation.yield($0) } }
+        gate.signal()
+        var count = 0
+        for await _ in reports.stream {
+            count += 1
+            if count == messages.count { break }
+        }
     }
 
     /// Every text column of one batch reads back byte for byte: 32 long lines (more than one chunk of
@@ -108,8 +121,9 @@ import Testing
         try store.close()
     }
 
-    /// One transaction holding 43 appends and then a pending mark: the appends go in as multi-row
-    /// inserts (32 + 8 + 2 + 1), and the mark finds the last of them stored.
+    /// One transaction holding 42 room messages in two rooms, a direct message, a pending mark and a
+    /// claim, then more room messages: the rooms' messages go in as a chunk per room, the direct one as
+    /// a row that the mark and the claim find stored.
     @Test func aLargeBatchIsStoredInOrderAroundMarksAndClaims() async throws {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = try SQLiteStore(directory: directory)
@@ -119,7 +133,9 @@ import Testing
         func append(_ message: LoggedMessage) {
             log.append(message, publisher: nil) { committed in reports.continuation.yield((message.serial, committed)) }
         }
-        for serial in UInt64(1)...43 { append(.room(Self.roomMessage(serial, room: serial % 3 == 0 ? "#three" : "#dev"))) }
+        for serial in UInt64(1)...42 { append(.room(Self.roomMessage(serial, room: serial % 3 == 0 ? "#three" : "#dev"))) }
+        append(.direct(DirectMessage(from: Self.alice, to: "bob", text: "d43", kind: .say, echo: false,
+                                     time: Milliseconds.date(Self.start + 430), serial: 43), conversation: "@alice bob", pendingFor: nil))
         log.markPending(serial: 43, account: "bob")
         async let claimed = log.claimPending(account: "bob")
         for serial in UInt64(44)...45 { append(.room(Self.roomMessage(serial))) }
@@ -133,7 +149,7 @@ import Testing
         #expect(seen.allSatisfy { $0.1 })
         #expect(try await claimed.map(\.serial) == [43])
         let dev = try await log.messages(target: "#dev", in: HistoryRange(limit: 100, newestFirst: false))
-        #expect(dev.map(\.serial) == (1...45).filter { $0 % 3 != 0 || $0 > 43 }.map(UInt64.init))
+        #expect(dev.map(\.serial) == (1...42).filter { $0 % 3 != 0 }.map(UInt64.init) + [44, 45])
         let three = try await log.messages(target: "#three", in: HistoryRange(limit: 100, newestFirst: false))
         #expect(three.map(\.serial) == stride(from: 3, through: 42, by: 3).map(UInt64.init))
         guard case .room(let last)? = dev.last else { Issue.record("no last message"); return }
@@ -192,11 +208,108 @@ import Testing
         var messages: [LoggedMessage] = (1...12).map { .room(Self.roomMessage($0, atMs: now - 60_000 + Int64($0))) }
         messages.append(.room(Self.roomMessage(13, room: "#old", atMs: now - 7_200_000)))
         messages.append(.room(Self.roomMessage(14, room: "#old", atMs: now - 1_000)))
-        _ = await append(messages, to: log)
+        // One transaction: #dev's twelve share a chunk that the count cuts through, and #old's two a
+        // chunk that the age cuts through.
+        await appendInOneTransaction(messages, to: log)
+        #expect(log.transactions.load(ordering: .relaxed) == 1)
         let pruned = try log.prune(rooms: ["#dev", "#old"], now: Milliseconds.date(now))
         #expect(pruned == 8)
         #expect(try await log.messages(target: "#dev", in: HistoryRange(limit: 20, newestFirst: true)).map(\.serial) == [8, 9, 10, 11, 12])
         #expect(try await log.messages(target: "#old", in: HistoryRange(limit: 20, newestFirst: true)).map(\.serial) == [14])
+        await log.close()
+        try store.close()
+    }
+
+    /// Rooms written over several transactions, a chunk per room each, read back by every kind of
+    /// range exactly as the same messages filtered from one list.
+    @Test func roomRangesReadAcrossChunksAsFromOneList() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteStore(directory: directory)
+        let log = SQLiteMessageLog(store: store)
+        let rooms = ["#a", "#b", "#c"]
+        var sent: [RoomMessage] = []
+        var serial: UInt64 = 0
+        // Four transactions of 1, 7, 20 and 3 messages; three messages share each millisecond.
+        for size in [1, 7, 20, 3] {
+            let batch: [LoggedMessage] = (0..<size).map { index in
+                serial += 1
+                let message = Self.roomMessage(serial, room: rooms[(index * 7 + Int(serial)) % 3 == 0 ? 0 : Int(serial) % 3], atMs: Self.start + Int64(serial / 3))
+                sent.append(message)
+                return .room(message)
+            }
+            await appendInOneTransaction(batch, to: log)
+        }
+        #expect(log.transactions.load(ordering: .relaxed) == 4)
+        // Every other message's own cursor (inside chunks and at their ends), and time references.
+        let cursors = [nil] + sent.enumerated().filter { $0.offset % 2 == 0 }.map { Optional(HistoryCursor(timeMs: Milliseconds.from($0.element.time), id: $0.element.serial)) }
+            + [.before(Milliseconds.date(Self.start + 4)), .after(Milliseconds.date(Self.start + 4))]
+        var checked = 0
+        for room in rooms {
+            let all = sent.filter { $0.room == room }
+            for after in cursors {
+                for before in cursors where before == nil || after == nil || after! < before! {
+                    for limit in [1, 4, 100] {
+                        for newestFirst in [false, true] {
+                            let within = all.filter { message in
+                                let cursor = HistoryCursor(timeMs: Milliseconds.from(message.time), id: message.serial)
+                                return (after.map { cursor > $0 } ?? true) && (before.map { cursor < $0 } ?? true)
+                            }
+                            let expected = newestFirst ? Array(within.suffix(limit)) : Array(within.prefix(limit))
+                            let read = try await log.messages(target: room, in: HistoryRange(after: after, before: before, limit: limit, newestFirst: newestFirst))
+                            #expect(read.map(\.serial) == expected.map(\.serial), "\(room) after \(String(describing: after)) before \(String(describing: before)) limit \(limit) newestFirst \(newestFirst)")
+                            checked += 1
+                        }
+                    }
+                }
+            }
+        }
+        #expect(checked > 2000)
+        for message in sent {
+            let found = try await log.message(serial: message.serial, in: message.room)
+            guard case .room(let stored)? = found else { Issue.record("no message \(message.serial) in \(message.room)"); continue }
+            #expect(stored.serial == message.serial && stored.text == message.text && stored.time == message.time)
+            #expect(try await log.message(serial: message.serial, in: message.room == "#a" ? "#b" : "#a") == nil)
+        }
+        await log.close()
+        try store.close()
+    }
+
+    /// A database written before chunks (one row per message) opens with its room messages in chunks,
+    /// readable as before, and its direct messages and pending marks untouched.
+    @Test func aVersion2DatabaseMovesItsRoomMessagesIntoChunks() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        do {
+            let queue = try DatabaseQueue(path: directory + "/parley.sqlite")
+            try SQLiteStore.migrator.migrate(queue, upTo: "v2-history")
+            try await queue.write { db in
+                try db.execute(sql: "PRAGMA application_id = \(SQLiteStore.applicationID)")
+                for serial in 1...300 {
+                    try db.execute(sql: """
+                        INSERT INTO message (id, target, time, kind, sender, senderUser, senderHost, senderAccount, recipient, text, tags, pendingFor)
+                        VALUES (?, ?, ?, 0, 'alice', 'alice', '127.0.0.1', 'alice', ?, ?, ?, NULL)
+                        """, arguments: [serial, serial % 2 == 0 ? "#dev" : "#ops", Self.start + Int64(serial), serial % 2 == 0 ? "#Dev" : "#ops",
+                                         "m\(serial)", serial == 4 ? "+draft/react=x" : nil])
+                }
+                try db.execute(sql: """
+                    INSERT INTO message (id, target, time, kind, sender, senderUser, senderHost, senderAccount, recipient, text, tags, pendingFor)
+                    VALUES (301, '@alice bob', ?, 0, 'alice', 'alice', '127.0.0.1', 'alice', 'bob', 'dm', NULL, 'bob')
+                    """, arguments: [Self.start + 301])
+            }
+            try queue.close()
+        }
+        let store = try SQLiteStore(directory: directory)
+        let log = SQLiteMessageLog(store: store)
+        let dev = try await log.messages(target: "#dev", in: HistoryRange(limit: 1000, newestFirst: false)).compactMap { logged in
+            if case .room(let message) = logged { message } else { nil }
+        }
+        #expect(dev.map(\.serial) == stride(from: 2, through: 300, by: 2).map(UInt64.init))
+        #expect(dev.first?.room == "#Dev" && dev[1].tags == [MessageTag("+draft/react", "x")] && dev.last?.text == "m300")
+        #expect(try await log.messages(target: "#ops", in: HistoryRange(limit: 2, newestFirst: true)).map(\.serial) == [297, 299])
+        #expect(try await log.claimPending(account: "bob").map(\.serial) == [301])
+        let resumed = try log.resume(perRoom: 1)
+        #expect(resumed.nextSerial == 302 && resumed.recent.map(\.serial) == [300, 299])
+        #expect(try await store.pool.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM message") } == 1)
         await log.close()
         try store.close()
     }

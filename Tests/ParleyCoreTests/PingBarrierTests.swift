@@ -17,7 +17,7 @@ final class HeldLog: MessageLog {
     func markPending(serial: UInt64, account: String) {}
     func claimPending(account: String) async throws -> [LoggedMessage] { [] }
     func messages(target: String, in range: HistoryRange) async throws -> [LoggedMessage] { throw NotKept() }
-    func message(serial: UInt64) async throws -> (target: String, message: LoggedMessage)? { nil }
+    func message(serial: UInt64, in target: String) async throws -> LoggedMessage? { nil }
     func activeTargets(rooms: [String], conversationsOf participant: String?, from: Date, to: Date, limit: Int) async throws -> [(target: String, latest: Date)] { [] }
 
     /// Commits (or fails) the next message.

@@ -1,0 +1,289 @@
+import Foundation
+import GRDB
+import GRDBSQLite
+import ParleyCore
+
+/// Room history is stored in chunks: one row per room per transaction, holding that room's messages
+/// of the transaction in a compact body, instead of one row and one index entry per message. Under
+/// load a transaction holds dozens of one room's messages, and SQLite's cost is per row and per index
+/// page touched, not per byte: a message row with its (target, time) index entry cost the writer 6 to
+/// 17 µs, on the core the event loop also needs.
+///
+/// A chunk's id is the serial of its last message and `lastTime` that message's time; `firstTime` is
+/// its first message's time. A room's messages are stamped and queued under the room's lock, so
+/// within a room chunks never overlap and (time, serial) order is chunk order then body order: every
+/// read walks the `chunk_by_target` index (target, lastTime, id) and decodes a few bodies.
+enum RoomChunks {
+    static let schema = """
+        CREATE TABLE chunk (
+            id INTEGER PRIMARY KEY,
+            target TEXT NOT NULL,
+            firstTime INTEGER NOT NULL,
+            lastTime INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            body BLOB NOT NULL
+        );
+        CREATE INDEX chunk_by_target ON chunk(target, lastTime);
+        CREATE INDEX chunk_by_age ON chunk(firstTime);
+        """
+
+    static let insertSQL = "INSERT INTO chunk (id, target, firstTime, lastTime, count, body) VALUES (?, ?, ?, ?, ?, ?)"
+
+    /// Inserts one chunk of `target`'s messages (in serial order, at least one) through the statement
+    /// `handle` (`insertSQL`), encoding into `body`, a buffer the caller keeps for the next chunk.
+    static func insert(target: String, _ messages: some Collection<RoomMessage>, handle: OpaquePointer, body: inout [UInt8]) throws {
+        guard let first = messages.first else { return }
+        var last = first
+        body.removeAll(keepingCapacity: true)
+        for message in messages {
+            append(message, to: &body)
+            last = message
+        }
+        sqlite3_reset(handle)
+        var key = target
+        let code = key.withUTF8 { key in
+            body.withUnsafeBytes { bytes in
+                // SQLITE_STATIC (nil): both buffers outlive the step, and the bindings are cleared after it.
+                sqlite3_bind_int64(handle, 1, Int64(bitPattern: last.serial))
+                _ = sqlite3_bind_text(handle, 2, UnsafeRawPointer(key.baseAddress)?.assumingMemoryBound(to: CChar.self), Int32(key.count), nil)
+                sqlite3_bind_int64(handle, 3, Milliseconds.from(first.time))
+                sqlite3_bind_int64(handle, 4, Milliseconds.from(last.time))
+                sqlite3_bind_int64(handle, 5, Int64(messages.count))
+                _ = sqlite3_bind_blob(handle, 6, bytes.baseAddress, Int32(bytes.count), nil)
+                let code = sqlite3_step(handle)
+                sqlite3_clear_bindings(handle)
+                return code
+            }
+        }
+        guard code == SQLITE_DONE else {
+            throw DatabaseError(resultCode: ResultCode(rawValue: code), message: String(cString: sqlite3_errmsg(sqlite3_db_handle(handle))))
+        }
+    }
+
+    /// Inserts `messages` of one room (serial order) as chunks of at most `maxPerChunk`, through GRDB's
+    /// statement cache (the migration and chunk rewrites; the writer keeps its own statement).
+    static func insert(target: String, _ messages: [RoomMessage], _ db: Database, maxPerChunk: Int = 256) throws {
+        let handle = try db.cachedStatement(sql: insertSQL).sqliteStatement
+        var body: [UInt8] = []
+        var start = 0
+        while start < messages.count {
+            let end = min(messages.count, start + maxPerChunk)
+            try insert(target: target, messages[start..<end], handle: handle, body: &body)
+            start = end
+        }
+    }
+
+    // MARK: Reading
+
+    /// The messages of a chunk's body, oldest first; nil if the body is damaged.
+    static func decode(_ body: Data) -> [RoomMessage]? {
+        body.withUnsafeBytes { bytes in
+            var reader = Reader(bytes: bytes)
+            var messages: [RoomMessage] = []
+            while !reader.atEnd {
+                guard let message = reader.message() else { return nil }
+                messages.append(message)
+            }
+            return messages
+        }
+    }
+
+    /// A room's messages in a range (see `HistoryRange`), oldest first.
+    static func messages(_ db: Database, target: String, in range: HistoryRange) throws -> [RoomMessage] {
+        let limit = max(0, range.limit)
+        guard limit > 0 else { return [] }
+        var found: [RoomMessage] = []
+        /// Takes a chunk's messages in reading order; false once the range or the limit is reached.
+        func take(_ body: Data, newestFirst: Bool) -> Bool {
+            guard let messages = decode(body) else { return true }
+            for message in newestFirst ? messages.reversed() : messages {
+                let cursor = HistoryCursor(timeMs: Milliseconds.from(message.time), id: message.serial)
+                if let after = range.after, cursor <= after {
+                    if newestFirst { return false } else { continue }
+                }
+                if let before = range.before, cursor >= before {
+                    if newestFirst { continue } else { return false }
+                }
+                found.append(message)
+                if found.count == limit { return false }
+            }
+            return true
+        }
+        if range.newestFirst {
+            // The first chunk ending at or past `before` may start before it; older chunks follow.
+            var olderSQL = "SELECT body FROM chunk WHERE target = ?"
+            var arguments: StatementArguments = [target]
+            if let before = range.before {
+                let bound: StatementArguments = [target, before.timeMs, Int64(clamping: before.id)]
+                if let straddling = try Data.fetchOne(db, sql: "SELECT body FROM chunk WHERE target = ? AND (lastTime, id) >= (?, ?) ORDER BY lastTime, id LIMIT 1", arguments: bound),
+                   !take(straddling, newestFirst: true) {
+                    return found.reversed()
+                }
+                olderSQL += " AND (lastTime, id) < (?, ?)"
+                arguments = bound
+            }
+            let bodies = try Data.fetchCursor(db, sql: olderSQL + " ORDER BY lastTime DESC, id DESC", arguments: arguments)
+            while let body = try bodies.next(), take(body, newestFirst: true) {}
+            return found.reversed()
+        }
+        var sql = "SELECT body FROM chunk WHERE target = ?"
+        var arguments: StatementArguments = [target]
+        if let after = range.after {
+            // Chunks ending at or before `after` hold nothing after it.
+            sql += " AND (lastTime, id) > (?, ?)"
+            arguments += [after.timeMs, Int64(clamping: after.id)]
+        }
+        let bodies = try Data.fetchCursor(db, sql: sql + " ORDER BY lastTime, id", arguments: arguments)
+        while let body = try bodies.next(), take(body, newestFirst: false) {}
+        return found
+    }
+
+    /// A room's message by serial: in the room's first chunk ending at or after it, found walking back
+    /// from the newest (references are mostly to recent messages).
+    static func message(_ db: Database, serial: UInt64, target: String) throws -> RoomMessage? {
+        let ids = try Int64.fetchCursor(db, sql: "SELECT id FROM chunk WHERE target = ? ORDER BY lastTime DESC, id DESC", arguments: [target])
+        var holder: Int64?
+        while let id = try ids.next(), UInt64(bitPattern: id) >= serial { holder = id }
+        guard let holder, let body = try Data.fetchOne(db, sql: "SELECT body FROM chunk WHERE id = ?", arguments: [holder]) else { return nil }
+        return decode(body)?.first { $0.serial == serial }
+    }
+
+    // MARK: Pruning
+
+    /// Keeps the messages of chunk `id` that `keep` accepts (the newest of it, so its id and last time
+    /// stand), or deletes the chunk if none; returns how many messages went.
+    static func trim(_ db: Database, id: Int64, keeping keep: ([RoomMessage]) -> ArraySlice<RoomMessage>) throws -> Int {
+        guard let row = try Row.fetchOne(db, sql: "SELECT target, body FROM chunk WHERE id = ?", arguments: [id]),
+              let messages = decode(row["body"]) else { return 0 }
+        let kept = keep(messages)
+        guard kept.count < messages.count else { return 0 }
+        try db.execute(sql: "DELETE FROM chunk WHERE id = ?", arguments: [id])
+        if !kept.isEmpty { try insert(target: row["target"], Array(kept), db, maxPerChunk: .max) }
+        return messages.count - kept.count
+    }
+
+    // MARK: Encoding
+
+    /// One message: serial and time as varints, the kind, then sender, user, host, account, room name,
+    /// text and tags, each a varint length and UTF-8 bytes (optional ones: length + 1, 0 for none).
+    static func append(_ message: RoomMessage, to body: inout [UInt8]) {
+        appendVarint(message.serial, to: &body)
+        appendVarint(UInt64(bitPattern: Milliseconds.from(message.time)), to: &body)
+        body.append(UInt8(SQLiteMessageLog.kindCode(message.kind)))
+        appendText(message.sender.name, to: &body)
+        appendText(message.sender.user, to: &body)
+        appendText(message.sender.host, to: &body)
+        appendOptionalText(message.sender.account, to: &body)
+        appendText(message.room, to: &body)
+        appendText(message.text, to: &body)
+        appendOptionalText(TagCoding.encode(message.tags), to: &body)
+    }
+
+    static func appendVarint(_ value: UInt64, to body: inout [UInt8]) {
+        var value = value
+        while value >= 0x80 {
+            body.append(UInt8(truncatingIfNeeded: value) | 0x80)
+            value >>= 7
+        }
+        body.append(UInt8(value))
+    }
+
+    static func appendText(_ text: String, to body: inout [UInt8]) {
+        appendVarint(UInt64(text.utf8.count), to: &body)
+        body.append(contentsOf: text.utf8)
+    }
+
+    static func appendOptionalText(_ text: String?, to body: inout [UInt8]) {
+        guard let text else { return body.append(0) }
+        appendVarint(UInt64(text.utf8.count) + 1, to: &body)
+        body.append(contentsOf: text.utf8)
+    }
+
+    /// Reads a body; every read is bounds-checked, and a damaged body reads as nil, never a crash.
+    struct Reader {
+        let bytes: UnsafeRawBufferPointer
+        var offset = 0
+
+        var atEnd: Bool { offset >= bytes.count }
+
+        mutating func varint() -> UInt64? {
+            var value: UInt64 = 0
+            var shift: UInt64 = 0
+            while offset < bytes.count, shift < 64 {
+                let byte = bytes[offset]
+                offset += 1
+                value |= UInt64(byte & 0x7F) << shift
+                if byte < 0x80 { return value }
+                shift += 7
+            }
+            return nil
+        }
+
+        mutating func text(length: UInt64) -> String? {
+            guard length <= UInt64(bytes.count - offset) else { return nil }
+            let end = offset + Int(length)
+            defer { offset = end }
+            return String(decoding: UnsafeRawBufferPointer(rebasing: bytes[offset..<end]), as: UTF8.self)
+        }
+
+        mutating func text() -> String? {
+            guard let length = varint() else { return nil }
+            return text(length: length)
+        }
+
+        /// nil inside: no value; nil outside: damaged.
+        mutating func optionalText() -> String?? {
+            guard let length = varint() else { return nil }
+            if length == 0 { return .some(nil) }
+            guard let text = text(length: length - 1) else { return nil }
+            return .some(text)
+        }
+
+        mutating func message() -> RoomMessage? {
+            guard let serial = varint(), let time = varint(), offset < bytes.count else { return nil }
+            let kind = SQLiteMessageLog.kind(Int(bytes[offset]))
+            offset += 1
+            guard let name = text(), let user = text(), let host = text(), let account = optionalText(),
+                  let room = text(), let text = text(), let tags = optionalText() else { return nil }
+            return RoomMessage(room: room, sender: Speaker(name: name, user: user, host: host, account: account), text: text,
+                               kind: kind, sequence: 0, time: Milliseconds.date(Int64(bitPattern: time)), serial: serial,
+                               tags: TagCoding.decode(tags))
+        }
+    }
+}
+
+/// One transaction's room messages, gathered by room for `RoomChunks`. Used by the writer thread alone;
+/// kept across transactions so its storage is reused.
+final class RoomChunkBatch {
+    private var rooms: [String: Int] = [:]
+    private var chunks: [(target: String, messages: [RoomMessage])] = []
+    private var body: [UInt8] = []
+
+    func clear() {
+        rooms.removeAll(keepingCapacity: true)
+        chunks.removeAll(keepingCapacity: true)
+    }
+
+    func add(_ message: RoomMessage) {
+        let key = NameRules.key(message.room)
+        if let index = rooms[key] {
+            chunks[index].messages.append(message)
+        } else {
+            rooms[key] = chunks.count
+            chunks.append((key, [message]))
+        }
+    }
+
+    /// Inserts a chunk per room, in order of their last serials (appending to the table's b-tree),
+    /// telling `wrote` each room; then clears.
+    func insert(_ db: Database, wrote: (String) -> Void) throws {
+        defer { clear() }
+        guard !chunks.isEmpty else { return }
+        chunks.sort { ($0.messages.last?.serial ?? 0) < ($1.messages.last?.serial ?? 0) }
+        let handle = try db.cachedStatement(sql: RoomChunks.insertSQL).sqliteStatement
+        for chunk in chunks {
+            try RoomChunks.insert(target: chunk.target, chunk.messages, handle: handle, body: &body)
+            wrote(chunk.target)
+        }
+    }
+}
