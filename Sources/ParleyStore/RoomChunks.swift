@@ -31,24 +31,25 @@ enum RoomChunks {
 
     /// Inserts one chunk of `target`'s messages (in serial order, at least one) through the statement
     /// `handle` (`insertSQL`), encoding into `body`, a buffer the caller keeps for the next chunk.
-    static func insert(target: String, _ messages: some Collection<RoomMessage>, handle: OpaquePointer, body: inout [UInt8]) throws {
-        guard let first = messages.first else { return }
-        var last = first
+    static func insert(target: String, _ messages: ArraySlice<RoomMessage>, handle: OpaquePointer, body: inout [UInt8]) throws {
+        guard let first = messages.first?.time, let last = messages.last else { return }
         body.removeAll(keepingCapacity: true)
-        for message in messages {
-            append(message, to: &body)
-            last = message
-        }
+        for index in messages.indices { append(messages[index], to: &body) }
+        try insert(target: target, body: body, count: messages.count, firstTime: first, lastTime: last.time, lastSerial: last.serial, handle: handle)
+    }
+
+    /// Inserts one chunk whose body is encoded, through the statement `handle` (`insertSQL`).
+    static func insert(target: String, body: [UInt8], count: Int, firstTime: Date, lastTime: Date, lastSerial: UInt64, handle: OpaquePointer) throws {
         sqlite3_reset(handle)
         var key = target
         let code = key.withUTF8 { key in
             body.withUnsafeBytes { bytes in
                 // SQLITE_STATIC (nil): both buffers outlive the step, and the bindings are cleared after it.
-                sqlite3_bind_int64(handle, 1, Int64(bitPattern: last.serial))
+                sqlite3_bind_int64(handle, 1, Int64(bitPattern: lastSerial))
                 _ = sqlite3_bind_text(handle, 2, UnsafeRawPointer(key.baseAddress)?.assumingMemoryBound(to: CChar.self), Int32(key.count), nil)
-                sqlite3_bind_int64(handle, 3, Milliseconds.from(first.time))
-                sqlite3_bind_int64(handle, 4, Milliseconds.from(last.time))
-                sqlite3_bind_int64(handle, 5, Int64(messages.count))
+                sqlite3_bind_int64(handle, 3, Milliseconds.from(firstTime))
+                sqlite3_bind_int64(handle, 4, Milliseconds.from(lastTime))
+                sqlite3_bind_int64(handle, 5, Int64(count))
                 _ = sqlite3_bind_blob(handle, 6, bytes.baseAddress, Int32(bytes.count), nil)
                 let code = sqlite3_step(handle)
                 sqlite3_clear_bindings(handle)
@@ -166,6 +167,10 @@ enum RoomChunks {
 
     /// One message: serial and time as varints, the kind, then sender, user, host, account, room name,
     /// text and tags, each a varint length and UTF-8 bytes (optional ones: length + 1, 0 for none).
+    static func append(_ logged: LoggedMessage, to body: inout [UInt8]) {
+        if case .room(let message) = logged { append(message, to: &body) }
+    }
+
     static func append(_ message: RoomMessage, to body: inout [UInt8]) {
         appendVarint(message.serial, to: &body)
         appendVarint(UInt64(bitPattern: Milliseconds.from(message.time)), to: &body)
@@ -256,7 +261,7 @@ enum RoomChunks {
 /// kept across transactions so its storage is reused.
 final class RoomChunkBatch {
     private var rooms: [String: Int] = [:]
-    private var chunks: [(target: String, messages: [RoomMessage])] = []
+    private var chunks: [(room: String, appends: [SQLiteMessageLog.Append])] = []
     private var body: [UInt8] = []
 
     func clear() {
@@ -264,13 +269,13 @@ final class RoomChunkBatch {
         chunks.removeAll(keepingCapacity: true)
     }
 
-    func add(_ message: RoomMessage) {
-        let key = NameRules.key(message.room)
-        if let index = rooms[key] {
-            chunks[index].messages.append(message)
+    /// Adds a room message (`room`: its room's name, the same string for every message of the room).
+    func add(_ append: SQLiteMessageLog.Append, room: String) {
+        if let index = rooms[room] {
+            chunks[index].appends.append(append)
         } else {
-            rooms[key] = chunks.count
-            chunks.append((key, [message]))
+            rooms[room] = chunks.count
+            chunks.append((room, [append]))
         }
     }
 
@@ -279,11 +284,16 @@ final class RoomChunkBatch {
     func insert(_ db: Database, wrote: (String) -> Void) throws {
         defer { clear() }
         guard !chunks.isEmpty else { return }
-        chunks.sort { ($0.messages.last?.serial ?? 0) < ($1.messages.last?.serial ?? 0) }
+        chunks.sort { ($0.appends.last?.message.serial ?? 0) < ($1.appends.last?.message.serial ?? 0) }
         let handle = try db.cachedStatement(sql: RoomChunks.insertSQL).sqliteStatement
-        for chunk in chunks {
-            try RoomChunks.insert(target: chunk.target, chunk.messages, handle: handle, body: &body)
-            wrote(chunk.target)
+        for index in chunks.indices {
+            let appends = chunks[index].appends
+            guard let first = appends.first?.message.time, let last = appends.last?.message else { continue }
+            body.removeAll(keepingCapacity: true)
+            for append in appends { RoomChunks.append(append.message, to: &body) }
+            let target = NameRules.key(chunks[index].room)
+            try RoomChunks.insert(target: target, body: body, count: appends.count, firstTime: first, lastTime: last.time, lastSerial: last.serial, handle: handle)
+            wrote(target)
         }
     }
 }

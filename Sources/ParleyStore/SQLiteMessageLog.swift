@@ -27,10 +27,13 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
     /// jobs several times, and copying a message's dozen strings each time was 7% of its thread.
     final class Append: CommittedWork {
         let message: LoggedMessage
+        /// The room's name for a room message: which chunk it goes in.
+        let room: String?
         let publisher: PublishQueue?
         let committed: @Sendable (Bool) -> Void
         init(_ message: LoggedMessage, _ publisher: PublishQueue?, _ committed: @escaping @Sendable (Bool) -> Void) {
             self.message = message
+            if case .room(let room) = message { self.room = room.room } else { room = nil }
             self.publisher = publisher
             self.committed = committed
         }
@@ -118,6 +121,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         var lastBatch = 0
         let arena = TextArena()
         let batch = RoomChunkBatch()
+        var jobs: [Job] = []
         while true {
             _ = wake.wait(timeout: .now() + .seconds(1))
             // Woken while busy (the last pass stored something), let the thread that woke it go on
@@ -142,10 +146,9 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                     queued = now
                 }
             }
-            let jobs = queue.withLock { queue in
-                defer { queue.removeAll(keepingCapacity: true) }
-                return queue
-            }
+            // The queue and this list trade buffers: no copy, and no allocation once both have grown.
+            jobs.removeAll(keepingCapacity: true)
+            queue.withLock { swap(&$0, &jobs) }
             lastBatch = jobs.count
             var stop: CheckedContinuation<Void, Never>?
             if !jobs.isEmpty {
@@ -228,8 +231,8 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         for job in jobs {
             switch job {
             case .append(let append):
-                if case .room(let message) = append.message {
-                    batch.add(message)
+                if let room = append.room {
+                    batch.add(append, room: room)
                 } else {
                     run.append(append)
                 }
