@@ -76,3 +76,38 @@ measure("message rows + (target, time) index, scattered", [MESSAGE, BY_TARGET], 
 measure("  the same, wal_autocheckpoint 10000", [MESSAGE, BY_TARGET], message_row(scattered),
         ["PRAGMA wal_autocheckpoint = 10000"])
 measure("  the same, page_size 1024", [MESSAGE, BY_TARGET], message_row(scattered), ["PRAGMA page_size = 1024"])
+
+CHUNK = ["""CREATE TABLE chunk (id INTEGER PRIMARY KEY, target TEXT NOT NULL, firstTime INTEGER NOT NULL,
+    lastTime INTEGER NOT NULL, count INTEGER NOT NULL, body BLOB NOT NULL)""",
+         "CREATE INDEX chunk_by_target ON chunk(target, lastTime)",
+         "CREATE INDEX chunk_by_age ON chunk(firstTime)"]
+
+
+def measure_chunks(name, room):
+    """Parley's chunks: a row per room per transaction, the room's messages packed in its body."""
+    remove()
+    db = sqlite3.connect(PATH, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    for statement in CHUNK:
+        db.execute(statement)
+    start = time.process_time()
+    for first in range(0, ROWS, BATCH):
+        chunks = {}
+        for i in range(first, first + BATCH):
+            body = b"%d\x00%d\x00p18c%d\x00p18c%d\x00127.0.0.1\x00\x00%s\x00p124-8 2640697673890\x00" % (
+                i + 1, START_MS + i // 50, i % 1000, i % 1000, room(i).encode())
+            chunks.setdefault(room(i), []).append((i + 1, START_MS + i // 50, body))
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO chunk VALUES (?, ?, ?, ?, ?, ?)",
+                       [(m[-1][0], target, m[0][1], m[-1][1], len(m), b"".join(x[2] for x in m))
+                        for target, m in chunks.items()])
+        db.execute("COMMIT")
+    spent = time.process_time() - start
+    db.close()
+    remove()
+    print(f"{name:<52} {spent / ROWS * 1e6:6.2f} us/message")
+
+
+measure_chunks("chunks (a row per room per transaction), clustered", clustered)
+measure_chunks("chunks, scattered", scattered)
