@@ -27,6 +27,9 @@ enum RoomChunks {
         CREATE INDEX chunk_by_age ON chunk(firstTime);
         """
 
+    /// The most messages one chunk holds.
+    static let maxPerChunk = 256
+
     static let insertSQL = "INSERT INTO chunk (id, target, firstTime, lastTime, count, body) VALUES (?, ?, ?, ?, ?, ?)"
 
     /// Inserts one chunk of `target`'s messages (in serial order, at least one) through the statement
@@ -63,7 +66,7 @@ enum RoomChunks {
 
     /// Inserts `messages` of one room (serial order) as chunks of at most `maxPerChunk`, through GRDB's
     /// statement cache (the migration and chunk rewrites; the writer keeps its own statement).
-    static func insert(target: String, _ messages: [RoomMessage], _ db: Database, maxPerChunk: Int = 256) throws {
+    static func insert(target: String, _ messages: [RoomMessage], _ db: Database, maxPerChunk: Int = maxPerChunk) throws {
         let handle = try db.cachedStatement(sql: insertSQL).sqliteStatement
         var body: [UInt8] = []
         var start = 0
@@ -139,12 +142,20 @@ enum RoomChunks {
         return found
     }
 
-    /// A room's message by serial: in the room's first chunk ending at or after it, found walking back
-    /// from the newest (references are mostly to recent messages).
+    /// A room's message by serial: in the room's first chunk ending at or after it. Serials and times
+    /// rise together (one stamper hands out both), so the chunk of any room ending just before the
+    /// serial gives a time the message is not older than, and the room's index is entered there.
     static func message(_ db: Database, serial: UInt64, target: String) throws -> RoomMessage? {
-        let ids = try Int64.fetchCursor(db, sql: "SELECT id FROM chunk WHERE target = ? ORDER BY lastTime DESC, id DESC", arguments: [target])
+        let wanted = Int64(clamping: serial)
+        let notOlder = try Int64.fetchOne(db, sql: "SELECT lastTime FROM chunk WHERE id < ? ORDER BY id DESC LIMIT 1", arguments: [wanted]) ?? .min
+        let ids = try Int64.fetchCursor(db, sql: "SELECT id FROM chunk WHERE target = ? AND lastTime >= ? ORDER BY lastTime, id", arguments: [target, notOlder])
         var holder: Int64?
-        while let id = try ids.next(), UInt64(bitPattern: id) >= serial { holder = id }
+        while let id = try ids.next() {
+            if id >= wanted {
+                holder = id
+                break
+            }
+        }
         guard let holder, let body = try Data.fetchOne(db, sql: "SELECT body FROM chunk WHERE id = ?", arguments: [holder]) else { return nil }
         return decode(body)?.first { $0.serial == serial }
     }
@@ -287,12 +298,17 @@ final class RoomChunkBatch {
         chunks.sort { ($0.appends.last?.message.serial ?? 0) < ($1.appends.last?.message.serial ?? 0) }
         let handle = try db.cachedStatement(sql: RoomChunks.insertSQL).sqliteStatement
         for index in chunks.indices {
-            let appends = chunks[index].appends
-            guard let first = appends.first?.message.time, let last = appends.last?.message else { continue }
-            body.removeAll(keepingCapacity: true)
-            for append in appends { RoomChunks.append(append.message, to: &body) }
             let target = NameRules.key(chunks[index].room)
-            try RoomChunks.insert(target: target, body: body, count: appends.count, firstTime: first, lastTime: last.time, lastSerial: last.serial, handle: handle)
+            var start = 0
+            // A bounded chunk bounds what a read decodes to reach one message.
+            while start < chunks[index].appends.count {
+                let appends = chunks[index].appends[start..<min(start + RoomChunks.maxPerChunk, chunks[index].appends.count)]
+                start = appends.endIndex
+                guard let first = appends.first?.message.time, let last = appends.last?.message else { continue }
+                body.removeAll(keepingCapacity: true)
+                for append in appends { RoomChunks.append(append.message, to: &body) }
+                try RoomChunks.insert(target: target, body: body, count: appends.count, firstTime: first, lastTime: last.time, lastSerial: last.serial, handle: handle)
+            }
             wrote(target)
         }
     }

@@ -274,6 +274,23 @@ import Testing
         try store.close()
     }
 
+    /// A transaction holding 600 of one room's messages stores them in chunks of at most 256, so a
+    /// read near one message never decodes an unbounded body; all of them read back in order.
+    @Test func aLongTransactionOfOneRoomIsSplitIntoBoundedChunks() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteStore(directory: directory)
+        let log = SQLiteMessageLog(store: store)
+        await appendInOneTransaction((1...600).map { .room(Self.roomMessage($0)) }, to: log)
+        let counts = try await store.pool.read { db in try Int.fetchAll(db, sql: "SELECT count FROM chunk ORDER BY id") }
+        #expect(counts == [256, 256, 88])
+        #expect(try await log.messages(target: "#dev", in: HistoryRange(limit: 1000, newestFirst: false)).map(\.serial) == Array(1...600))
+        let middle = try await log.message(serial: 300, in: "#dev")
+        #expect(middle?.serial == 300)
+        #expect(try await log.messages(target: "#dev", in: HistoryRange(before: middle?.cursor, limit: 3, newestFirst: true)).map(\.serial) == [297, 298, 299])
+        await log.close()
+        try store.close()
+    }
+
     /// A database written before chunks (one row per message) opens with its room messages in chunks,
     /// readable as before, and its direct messages and pending marks untouched.
     @Test func aVersion2DatabaseMovesItsRoomMessagesIntoChunks() async throws {
