@@ -107,6 +107,13 @@ public final class ParleyServer: Sendable {
 
     /// Binds every listener; returns them with their real ports.
     public func start() async throws -> [BoundListener] {
+        if let log {
+            var files: [Int32] = []
+            for loop in group.makeIterator() {
+                if let file = try await loop.submit({ ThreadStates.openCurrentThread() }).get() { files.append(file) }
+            }
+            log.watch(feeders: ThreadStates(files: files))
+        }
         var bound: [BoundListener] = []
         do {
             for turn in turns.all {

@@ -62,6 +62,8 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
     /// Signalled when the queue goes from empty to not empty.
     private let wake = DispatchSemaphore(value: 0)
     private let stopped = Atomic<Bool>(false)
+    /// The threads that append (the event loops), if known: see `watch(feeders:)`.
+    private let feeders = Mutex<ThreadStates?>(nil)
     /// Counters for the console and the benchmarks.
     public let messagesStored = Atomic<Int>(0)
     public let transactions = Atomic<Int>(0)
@@ -91,6 +93,12 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
     public func append(_ message: LoggedMessage, publisher: PublishQueue?, committed: @escaping @Sendable (Bool) -> Void) {
         guard !stopped.load(ordering: .relaxed) else { return committed(false) }
         submit(.append(Append(message, publisher, committed)))
+    }
+
+    /// The threads that append (the server's event loops): a batch stops waiting to grow once all of
+    /// them are asleep.
+    public func watch(feeders: ThreadStates) {
+        self.feeders.withLock { $0 = feeders }
     }
 
     /// Runs `body` on the writer thread once every message queued before it has been committed and
@@ -138,7 +146,10 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
             if lastBatch >= Self.busyBatch {
                 var waited: UInt32 = 0
                 var queued = queue.withLock { $0.count }
+                let feeders = feeders.withLock { $0 }
                 while waited < Self.commitDelayMicroseconds && queued < Self.fullBatch {
+                    // Every event loop asleep: nothing more is coming before this commit.
+                    if let feeders, !feeders.anyRunning() { break }
                     usleep(Self.commitDelayStep)
                     waited += Self.commitDelayStep
                     let now = queue.withLock { $0.count }
