@@ -396,10 +396,17 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                 deleted += count
                 if count < 5000 { break }
             }
-            // Chunks that started before the cutoff: wholly older ones go, the others lose their older part.
+            // Chunks that started before the cutoff: wholly older ones go, the others lose their older
+            // part. Walked in (firstTime, id) order from where the last slice ended, so a chunk left in
+            // place (a damaged body) is not visited again.
+            var from: (firstTime: Int64, id: Int64) = (.min, .min)
             while true {
                 let (count, chunks) = try pool.write { db in
-                    let old = try Row.fetchAll(db, sql: "SELECT id, lastTime, count FROM chunk WHERE firstTime < ? ORDER BY firstTime LIMIT 500", arguments: [cutoff])
+                    let old = try Row.fetchAll(db, sql: """
+                        SELECT id, firstTime, lastTime, count FROM chunk WHERE firstTime < ? AND (firstTime, id) > (?, ?)
+                        ORDER BY firstTime, id LIMIT 500
+                        """, arguments: [cutoff, from.firstTime, from.id])
+                    if let last = old.last { from = (last["firstTime"], last["id"]) }
                     var count = 0
                     for chunk in old {
                         let lastTime: Int64 = chunk["lastTime"]

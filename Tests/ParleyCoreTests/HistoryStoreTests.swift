@@ -331,6 +331,26 @@ import Testing
         try store.close()
     }
 
+    /// Damaged chunks that pruning by age cannot cut (more of them than one slice) are left in place,
+    /// pruning ends, and the room's other messages are pruned and read as before.
+    @Test(.timeLimit(.minutes(1))) func pruningByAgePassesOverDamagedChunks() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteStore(directory: directory)
+        let log = SQLiteMessageLog(store: store, retention: .init(maxAge: .seconds(60), interval: .seconds(3600)))
+        let now = Self.start + 10_000_000
+        try await store.pool.write { db in
+            for id in 1...600 {
+                try db.execute(sql: "INSERT INTO chunk (id, target, firstTime, lastTime, count, body) VALUES (?, '#dev', ?, ?, 2, x'FF')",
+                               arguments: [id, now - 120_000, now])
+            }
+        }
+        _ = await append([.room(Self.roomMessage(601, atMs: now - 90_000)), .room(Self.roomMessage(602, atMs: now - 1_000))], to: log)
+        #expect(try log.prune(rooms: [], now: Milliseconds.date(now)) == 1)
+        #expect(try await log.messages(target: "#dev", in: HistoryRange(limit: 10, newestFirst: true)).map(\.serial) == [602])
+        await log.close()
+        try store.close()
+    }
+
     /// The writer prunes by count the rooms its transactions wrote to, between transactions.
     @Test func theWriterPrunesTheRoomsItWroteTo() async throws {
         defer { try? FileManager.default.removeItem(atPath: directory) }
