@@ -615,6 +615,15 @@ public final class Hub: Sendable {
         // Settled in the room it was logged in (a room recreated meanwhile has counts of its own), once
         // the members' copies are handed to their loops, so that a PONG that waited follows them.
         defer { loggedIn.settleOne() }
+        // Usually the room is still open, and then it is the registry's (a room is closed and removed
+        // together): published without the registry's lock and lookup.
+        let publishedInPlace = loggedIn.state.withLock { state -> Bool in
+            if state.closed { return false }
+            loggedIn.recent.append(message)
+            deliverToRoom(.message(message), &state, sender: sender, echo: echo, then: after)
+            return true
+        }
+        if publishedInPlace { return }
         while true {
             // With no room (everyone left), the message only joins the replay, under the `rooms` lock so
             // that a joiner recreating the room meanwhile sees it there.
