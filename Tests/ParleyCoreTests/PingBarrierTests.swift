@@ -111,3 +111,36 @@ final class Flag: Sendable {
         #expect(log.queued == 1)
     }
 }
+
+/// A stored message is published to its room as the room is when the commit comes, even if the room
+/// closed and came back meanwhile.
+@Suite struct PublishAfterCommitTests {
+    let loop = EmbeddedEventLoop()
+
+    @Test func aMessageCommittedAfterItsRoomClosedReachesTheRoomAsItIsNow() throws {
+        let log = HeldLog()
+        let hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), log: log, publishTurns: [NextTurn(loop: loop)])
+        func connect(_ name: String) throws -> (Session, RecordingSink) {
+            let sink = RecordingSink(loop: loop, format: EventFormat())
+            let session = try hub.connect(door: "test", address: "127.0.0.1:1", sink: sink, name: name, user: nil, joinLobby: false)
+            return (session, sink)
+        }
+        let (speaker, _) = try connect("speaker")
+        let (late, lateSink) = try connect("late")
+        try hub.join(speaker, room: "#dev")
+        try hub.say(speaker, room: "#dev", text: "kept")
+        _ = try hub.part(speaker, room: "#dev")  // the room empties and closes while "kept" is being stored
+        _ = try hub.join(late, room: "#dev")     // and is made again
+        log.next()
+        loop.run()
+        #expect(lateSink.lines.contains { $0.contains("text: \"kept\"") })
+
+        // Committed while nobody is in the room: it joins what a later joiner is replayed.
+        try hub.say(late, room: "#dev", text: "replayed")
+        _ = try hub.part(late, room: "#dev")
+        log.next()
+        loop.run()
+        let (third, _) = try connect("third")
+        #expect(try hub.join(third, room: "#dev").replayed.map(\.text) == ["kept", "replayed"])
+    }
+}
