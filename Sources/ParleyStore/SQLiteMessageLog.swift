@@ -116,22 +116,23 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
 
     // MARK: Writing (the writer thread)
 
-    private func submit(_ job: Job) {
+    /// Queues with `add`, waking the writer if the queue was empty.
+    private func enqueue(_ add: (inout Queued) -> Void) {
         let wasEmpty = queue.withLock { queue in
-            defer { queue.others.append((queue.appends.count, job)) }
+            defer { add(&queue) }
             return queue.isEmpty
         }
         if wasEmpty { wake.signal() }
     }
 
+    private func submit(_ job: Job) {
+        enqueue { $0.others.append(($0.appends.count, job)) }
+    }
+
     public func append(_ message: LoggedMessage, publisher: PublishQueue?, committed: @escaping @Sendable (Bool) -> Void) {
         guard !stopped.load(ordering: .relaxed) else { return committed(false) }
         let append = Append(message, publisher, committed)
-        let wasEmpty = queue.withLock { queue in
-            defer { queue.appends.append(append) }
-            return queue.isEmpty
-        }
-        if wasEmpty { wake.signal() }
+        enqueue { $0.appends.append(append) }
     }
 
     /// The threads that append (the server's event loops): a batch stops waiting to grow once all of
