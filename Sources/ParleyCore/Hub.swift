@@ -615,15 +615,18 @@ public final class Hub: Sendable {
         // Settled in the room it was logged in (a room recreated meanwhile has counts of its own), once
         // the members' copies are handed to their loops, so that a PONG that waited follows them.
         defer { loggedIn.settleOne() }
+        /// Publishes in `room` unless it has closed.
+        func publishIfOpen(_ room: Room) -> Bool {
+            room.state.withLock { state -> Bool in
+                if state.closed { return false }
+                room.recent.append(message)
+                deliverToRoom(.message(message), &state, sender: sender, echo: echo, then: after)
+                return true
+            }
+        }
         // Usually the room is still open, and then it is the registry's (a room is closed and removed
         // together): published without the registry's lock and lookup.
-        let publishedInPlace = loggedIn.state.withLock { state -> Bool in
-            if state.closed { return false }
-            loggedIn.recent.append(message)
-            deliverToRoom(.message(message), &state, sender: sender, echo: echo, then: after)
-            return true
-        }
-        if publishedInPlace { return }
+        if publishIfOpen(loggedIn) { return }
         while true {
             // With no room (everyone left), the message only joins the replay, under the `rooms` lock so
             // that a joiner recreating the room meanwhile sees it there.
@@ -636,13 +639,7 @@ public final class Hub: Sendable {
                 if let after { sender.sink.eventLoop.execute(after) }
                 return
             }
-            let published = room.state.withLock { state -> Bool in
-                if state.closed { return false }
-                room.recent.append(message)
-                deliverToRoom(.message(message), &state, sender: sender, echo: echo, then: after)
-                return true
-            }
-            if published { return }
+            if publishIfOpen(room) { return }
         }
     }
 
