@@ -45,18 +45,29 @@ final class Flag: Sendable {
     var isSet: Bool { value.load(ordering: .relaxed) }
 }
 
-@Suite struct PingBarrierTests {
+/// A hub whose messages a `HeldLog` stores, published on an embedded loop the test runs.
+struct HeldHub {
     let loop = EmbeddedEventLoop()
+    let log = HeldLog()
+    let hub: Hub
 
+    init() {
+        hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), log: log, publishTurns: [NextTurn(loop: loop)])
+    }
+
+    /// A session outside the lobby, and what it receives.
+    func connect(_ name: String) throws -> (Session, RecordingSink) {
+        let sink = RecordingSink(loop: loop, format: EventFormat())
+        let session = try hub.connect(door: "test", address: "127.0.0.1:1", sink: sink, name: name, user: nil, joinLobby: false)
+        return (session, sink)
+    }
+}
+
+@Suite struct PingBarrierTests {
     /// A PING waits for the messages accepted before it in its client's rooms, and for nothing else.
     @Test func aPingWaitsForItsRoomsMessagesOnly() throws {
-        let log = HeldLog()
-        let hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), log: log, publishTurns: [NextTurn(loop: loop)])
-        func connect(_ name: String) throws -> (Session, RecordingSink) {
-            let sink = RecordingSink(loop: loop, format: EventFormat())
-            let session = try hub.connect(door: "test", address: "127.0.0.1:1", sink: sink, name: name, user: nil, joinLobby: false)
-            return (session, sink)
-        }
+        let held = HeldHub()
+        let (hub, log, loop, connect) = (held.hub, held.log, held.loop, held.connect)
         let (speaker, _) = try connect("speaker")
         let (listener, listenerSink) = try connect("listener")
         let (bystander, _) = try connect("bystander")
@@ -96,8 +107,8 @@ final class Flag: Sendable {
 
     /// A message that could not be stored settles too; a PING is not held up by it forever.
     @Test func aRefusedMessageDoesNotHoldAPing() throws {
-        let log = HeldLog()
-        let hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), log: log, publishTurns: [NextTurn(loop: loop)])
+        let held = HeldHub()
+        let (hub, log, loop) = (held.hub, held.log, held.loop)
         let sink = RecordingSink(loop: loop, format: EventFormat())
         let session = hub.connect(door: "test", address: "127.0.0.1:1", sink: sink)!
         try hub.say(session, room: "#lobby", text: "lost")
@@ -115,16 +126,9 @@ final class Flag: Sendable {
 /// A stored message is published to its room as the room is when the commit comes, even if the room
 /// closed and came back meanwhile.
 @Suite struct PublishAfterCommitTests {
-    let loop = EmbeddedEventLoop()
-
     @Test func aMessageCommittedAfterItsRoomClosedReachesTheRoomAsItIsNow() throws {
-        let log = HeldLog()
-        let hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), log: log, publishTurns: [NextTurn(loop: loop)])
-        func connect(_ name: String) throws -> (Session, RecordingSink) {
-            let sink = RecordingSink(loop: loop, format: EventFormat())
-            let session = try hub.connect(door: "test", address: "127.0.0.1:1", sink: sink, name: name, user: nil, joinLobby: false)
-            return (session, sink)
-        }
+        let held = HeldHub()
+        let (hub, log, loop, connect) = (held.hub, held.log, held.loop, held.connect)
         let (speaker, _) = try connect("speaker")
         let (late, lateSink) = try connect("late")
         try hub.join(speaker, room: "#dev")
