@@ -20,9 +20,14 @@ public protocol AccountStore: Sendable {
     func account(named name: String) async throws -> AccountRecord?
     /// Whether an account has this name (case-insensitively).
     func accountExists(named name: String) async throws -> Bool
+    /// The same answer when the store can give it without waiting (an index it keeps in memory), so
+    /// a caller on an event loop need not leave it; nil when only `accountExists` can tell.
+    func accountExistsAtOnce(named name: String) -> Bool?
 }
 
 extension AccountStore {
+    public func accountExistsAtOnce(named name: String) -> Bool? { nil }
+
     public func accountExists(named name: String) async throws -> Bool {
         try await account(named: name) != nil
     }

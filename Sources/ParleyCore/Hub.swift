@@ -909,6 +909,11 @@ public final class Hub: Sendable {
         }
     }
 
+    /// `accountExists` when the account store can answer without waiting; nil when it cannot.
+    public func accountExistsAtOnce(_ name: String) -> Bool? {
+        accounts.accountExistsAtOnce(named: name)
+    }
+
     /// Gives a guest a fresh guest name (an IRC guest that kept a registered nick past its grace period).
     public func renameToGuest(_ session: Session) {
         guard session.account == nil else { return }

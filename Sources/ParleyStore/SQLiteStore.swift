@@ -157,6 +157,14 @@ public final class SQLiteStore: AccountStore, Sendable {
     }
 
     public func accountExists(named name: String) async throws -> Bool {
+        knowsAccount(named: name)
+    }
+
+    public func accountExistsAtOnce(named name: String) -> Bool? {
+        knowsAccount(named: name)
+    }
+
+    private func knowsAccount(named name: String) -> Bool {
         let key = NameRules.key(name)
         return nameKeys.withLock { $0.contains(key) }
     }

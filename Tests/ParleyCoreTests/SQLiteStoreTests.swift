@@ -14,6 +14,10 @@ import ParleyCore
             // Names known without a read: the one just made, in any case.
             #expect(try await store.accountExists(named: "ALICE"))
             #expect(try await store.accountExists(named: "bob") == false)
+            // And at once, through the protocol the hub sees, so a registering guest stays on its loop.
+            let accounts: any AccountStore = store
+            #expect(accounts.accountExistsAtOnce(named: "ALICE") == true)
+            #expect(accounts.accountExistsAtOnce(named: "bob") == false)
             try store.close()
         }
         let reopened = try SQLiteStore(directory: directory)
