@@ -223,12 +223,17 @@ final class RecentMessages: Sendable {
 /// What a publisher runs for one message once the transaction that holds it has ended: a log's own
 /// record of the message, which knows whom to tell. An object, so that queues of them hold references.
 public protocol CommittedWork: AnyObject, Sendable {
+    /// The room (its name) whose message this is: a publisher keeps each room's works in order.
+    var room: String { get }
     func run(committed: Bool)
 }
 
-/// Runs work on one event loop in the order it was submitted, a bounded number of items per loop
-/// pass. The log's writer thread hands each room's committed messages to the room's queue, so rooms
+/// Runs work on one event loop, each room's in the order it was submitted, a bounded number of items
+/// per loop pass. The log's writer thread hands each room's committed messages to the room's queue, so rooms
 /// are fanned out on all the event loops at once while each room keeps its order.
+///
+/// A backlog is taken a room at a time (`RoomBacklog`), so that a pass's messages go to few members,
+/// each getting several in its one write.
 ///
 /// The bound is for the loop's other clients: one pass a turn (`NextTurn`), so a committed batch of
 /// hundreds of messages to a thousand members each does not hold every PING on the loop while it is
@@ -258,8 +263,7 @@ public final class PublishQueue: Sendable {
         let committed: Bool
     }
 
-    /// A ring, so taking a pass's items from the front of a long backlog moves nothing.
-    private let state = Mutex<(items: CircularBuffer<Item>, scheduled: Bool)>((CircularBuffer(), false))
+    private let state = Mutex<(items: RoomBacklog<Item>, scheduled: Bool)>((RoomBacklog(), false))
 
     init(turn: NextTurn, deliveries: @escaping @Sendable () -> Int = { 0 }) {
         self.turn = turn
@@ -269,7 +273,7 @@ public final class PublishQueue: Sendable {
     /// Queues `works`, each to be run with `committed` (whether their transaction committed).
     public func submit(_ works: [any CommittedWork], committed: Bool) {
         let schedule = state.withLock { state in
-            for work in works { state.items.append(Item(work: work, committed: committed)) }
+            for work in works { state.items.append(Item(work: work, committed: committed), room: work.room) }
             defer { state.scheduled = true }
             return !state.scheduled
         }
@@ -305,4 +309,52 @@ final class ManagedCounter: Sendable {
     init(_ value: Int) { self.value = Atomic(value) }
     /// Returns the value after the decrement.
     func decrement() -> Int { value.subtract(1, ordering: .acquiringAndReleasing).newValue }
+}
+
+/// Items waiting per room, taken a room at a time: all of the oldest waiting room's items (as many as
+/// it had when its visit began), then the next room's. Each room's items keep their order; rooms
+/// interleave, as they already do between loops.
+///
+/// Taken in plain submission order, a backlog of many rooms' messages gave each pass a few messages
+/// of many rooms: with 100 rooms of 10 over the line door, 64 messages reached 37 members, 17
+/// messages a `write`. A room's waiting messages taken together go to its members in one write each.
+struct RoomBacklog<Item> {
+    /// Rooms with items waiting, in the order they are visited; the first is being taken from.
+    private var rooms = CircularBuffer<String>()
+    private var waiting: [String: CircularBuffer<Item>] = [:]
+    /// Items the first room may still give in this visit, so that a room whose messages keep coming
+    /// does not hold the others back.
+    private var visitLeft = 0
+    private(set) var count = 0
+
+    var isEmpty: Bool { count == 0 }
+
+    mutating func append(_ item: Item, room: String) {
+        waiting[room, default: CircularBuffer()].append(item)
+        if waiting[room]?.count == 1 { rooms.append(room) }
+        count += 1
+    }
+
+    mutating func popFirst() -> Item? {
+        guard let room = rooms.first else { return nil }
+        if visitLeft == 0 { visitLeft = waiting[room]?.count ?? 0 }
+        guard let item = waiting[room]?.popFirst() else {
+            // Not reached: a room is listed while it has items.
+            rooms.removeFirst()
+            visitLeft = 0
+            return popFirst()
+        }
+        count -= 1
+        visitLeft -= 1
+        if waiting[room]?.isEmpty ?? true {
+            waiting[room] = nil
+            rooms.removeFirst()
+            visitLeft = 0
+        } else if visitLeft == 0 {
+            // Its visit is over; what came meanwhile waits behind the other rooms.
+            rooms.removeFirst()
+            rooms.append(room)
+        }
+        return item
+    }
 }

@@ -27,13 +27,14 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
     /// jobs several times, and copying a message's dozen strings each time was 7% of its thread.
     final class Append: CommittedWork {
         let message: LoggedMessage
-        /// The room's name for a room message: which chunk it goes in.
-        let room: String?
+        /// The room's name for a room message (which chunk it goes in, and its order when published);
+        /// empty for a direct message.
+        let room: String
         let publisher: PublishQueue?
         let committed: @Sendable (Bool) -> Void
         init(_ message: LoggedMessage, _ publisher: PublishQueue?, _ committed: @escaping @Sendable (Bool) -> Void) {
             self.message = message
-            if case .room(let room) = message { self.room = room.room } else { room = nil }
+            if case .room(let room) = message { self.room = room.room } else { room = "" }
             self.publisher = publisher
             self.committed = committed
         }
@@ -277,8 +278,8 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
             run.removeAll(keepingCapacity: true)
         }
         try jobs.forEach { append in
-            if let room = append.room {
-                batch.add(append, room: room)
+            if case .room = append.message {
+                batch.add(append, room: append.room)
             } else {
                 run.append(append)
             }

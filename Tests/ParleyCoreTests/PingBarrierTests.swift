@@ -8,11 +8,12 @@ import Testing
 /// A log whose transactions the test commits one message at a time, in order. Like the real one,
 /// it hands a committed message's callback to its publisher, whose loop publishes it later.
 final class HeldLog: MessageLog {
-    private let jobs = Mutex<[(publisher: PublishQueue?, committed: @Sendable (Bool) -> Void)]>([])
+    private let jobs = Mutex<[(room: String, publisher: PublishQueue?, committed: @Sendable (Bool) -> Void)]>([])
     struct NotKept: Error {}
 
     func append(_ message: LoggedMessage, publisher: PublishQueue?, committed: @escaping @Sendable (Bool) -> Void) {
-        jobs.withLock { $0.append((publisher, committed)) }
+        let room = if case .room(let message) = message { message.room } else { "" }
+        jobs.withLock { $0.append((room, publisher, committed)) }
     }
     func markPending(serial: UInt64, account: String) {}
     func claimPending(account: String) async throws -> [LoggedMessage] { [] }
@@ -24,7 +25,7 @@ final class HeldLog: MessageLog {
     func next(committed: Bool = true) {
         guard let job = jobs.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { return }
         if let publisher = job.publisher {
-            publisher.submit([Work(job.committed)], committed: committed)
+            publisher.submit([Work(room: job.room, job.committed)], committed: committed)
         } else {
             job.committed(committed)
         }
@@ -34,8 +35,12 @@ final class HeldLog: MessageLog {
 
 /// A closure as a publisher's work.
 final class Work: CommittedWork {
+    let room: String
     let body: @Sendable (Bool) -> Void
-    init(_ body: @escaping @Sendable (Bool) -> Void) { self.body = body }
+    init(room: String = "#test", _ body: @escaping @Sendable (Bool) -> Void) {
+        self.room = room
+        self.body = body
+    }
     func run(committed: Bool) { body(committed) }
 }
 

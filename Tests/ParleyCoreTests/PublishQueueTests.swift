@@ -72,4 +72,39 @@ import Testing
         loop.run()
         #expect(order.withLock { $0.last } == 150)
     }
+
+    @Test func aBacklogIsPublishedARoomAtATimeEachInItsOrder() {
+        let loop = EmbeddedEventLoop()
+        let turn = NextTurn(loop: loop)
+        turn.attach {}
+        let order = Mutex<[String]>([])
+        let queue = PublishQueue(turn: turn)
+        // Three rooms' messages as the writer hands them over, interleaved.
+        let submitted = ["#a1", "#b1", "#c1", "#a2", "#b2", "#a3", "#c2", "#b3"]
+        queue.submit(submitted.map { name in
+            Work(room: String(name.prefix(2))) { _ in order.withLock { $0.append(name) } }
+        }, committed: true)
+        loop.run()
+        // Each room's together, rooms in the order they first had a message waiting.
+        #expect(order.withLock { $0 } == ["#a1", "#a2", "#a3", "#b1", "#b2", "#b3", "#c1", "#c2"])
+    }
+
+    @Test func aRoomWhoseMessagesKeepComingWaitsItsTurn() {
+        var backlog = RoomBacklog<String>()
+        backlog.append("a1", room: "#a")
+        backlog.append("a2", room: "#a")
+        backlog.append("b1", room: "#b")
+        #expect(backlog.popFirst() == "a1")
+        // Arrives during #a's visit, which took the two it had when it began.
+        backlog.append("a3", room: "#a")
+        #expect(backlog.popFirst() == "a2")
+        #expect(backlog.popFirst() == "b1")
+        #expect(backlog.popFirst() == "a3")
+        #expect(backlog.popFirst() == nil)
+        #expect(backlog.isEmpty)
+        // Empty again, it starts over cleanly.
+        backlog.append("c1", room: "#c")
+        #expect(backlog.count == 1)
+        #expect(backlog.popFirst() == "c1")
+    }
 }
