@@ -28,6 +28,14 @@ import Testing
         return (published.load(ordering: .relaxed), wakes)
     }
 
+    /// A queue on an embedded loop whose turn the test runs (`turn.run()`).
+    func attachedQueue() -> (EmbeddedEventLoop, NextTurn, PublishQueue) {
+        let loop = EmbeddedEventLoop()
+        let turn = NextTurn(loop: loop)
+        turn.attach {}
+        return (loop, turn, PublishQueue(turn: turn))
+    }
+
     @Test func smallRoomsMessagesTake64APass() {
         #expect(firstPass(members: 10) == (64, 1))
     }
@@ -42,12 +50,9 @@ import Testing
     }
 
     @Test func eachWorkRunsWithItsTransactionsOutcome() {
-        let loop = EmbeddedEventLoop()
-        let turn = NextTurn(loop: loop)
-        turn.attach {}
         let seen = Mutex<[Bool]>([])
         let record = Work { committed in seen.withLock { $0.append(committed) } }
-        let queue = PublishQueue(turn: turn)
+        let (loop, _, queue) = attachedQueue()
         queue.submit([record], committed: true)
         queue.submit([record, record], committed: false)
         loop.run()
@@ -55,11 +60,8 @@ import Testing
     }
 
     @Test func theRestIsPublishedOnLaterTurnsInOrder() {
-        let loop = EmbeddedEventLoop()
-        let turn = NextTurn(loop: loop)
-        turn.attach {}
         let order = Mutex<[Int]>([])
-        let queue = PublishQueue(turn: turn)
+        let (loop, turn, queue) = attachedQueue()
         queue.submit((0..<150).map { index in Work { _ in order.withLock { $0.append(index) } } }, committed: true)
         loop.run()
         #expect(order.withLock { $0.count } == 64)
@@ -74,11 +76,8 @@ import Testing
     }
 
     @Test func aBacklogIsPublishedARoomAtATimeEachInItsOrder() {
-        let loop = EmbeddedEventLoop()
-        let turn = NextTurn(loop: loop)
-        turn.attach {}
         let order = Mutex<[String]>([])
-        let queue = PublishQueue(turn: turn)
+        let (loop, _, queue) = attachedQueue()
         // Three rooms' messages as the writer hands them over, interleaved.
         let submitted = ["#a1", "#b1", "#c1", "#a2", "#b2", "#a3", "#c2", "#b3"]
         queue.submit(submitted.map { name in
