@@ -628,8 +628,9 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         password = nil
         let preAccount = self.preAccount
         if preAccount == nil, login == nil, let nickIsAnAccount = hub.accountExistsAtOnce(wantedNick) {
-            // A guest, and the store knows its names at once: no trip off the loop (with thousands
-            // connecting at once, that trip and the task behind it were a sixth of the server's CPU).
+            // A guest, and the store knows its names at once: no trip off the loop (with 5,000
+            // connecting at once, that trip woke a pool thread on the server's core each time:
+            // 7,000-8,000 context switches, about 150 without it).
             finishRegistration(context, outcome: nickIsAnAccount ? .reservedNick : .guest, wantedNick: wantedNick, userName: userName)
             return
         }
