@@ -106,8 +106,7 @@ public func runConnections(_ options: ConnectionsOptions) async -> ConnectionsRe
     for batch in stride(from: 0, to: options.clients, by: 16).map({ $0..<min($0 + 16, options.clients) }) {
         let opened = loops.enumerated().map { first, loop in
             loop.submit {
-                for index in stride(from: batch.lowerBound + (first - batch.lowerBound % loops.count + loops.count) % loops.count,
-                                    to: batch.upperBound, by: loops.count) {
+                for index in batch where index % loops.count == first {
                     openRegistering(index, on: loop, options: options, runID: runID, address: address, outcome: outcomes[index])
                 }
             }
