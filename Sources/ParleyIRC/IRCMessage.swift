@@ -225,16 +225,28 @@ public struct IRCMessage: Equatable, Sendable, CustomStringConvertible {
     /// A space and the parameter; the `last` one gets its ':' when it needs one.
     static func write(param: String, last: Bool, to buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt8(ascii: " "))
-        // A CR, LF or NUL inside a parameter would end or corrupt the line for the reader: each
-        // becomes a space (all three are ASCII, so the bytes tell).
-        let breaksLine = param.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0 }
-        if last && (param.isEmpty || param.utf8.first == UInt8(ascii: ":") || breaksLine || param.utf8.contains(UInt8(ascii: " "))) {
-            buffer.writeInteger(UInt8(ascii: ":"))
-        }
-        if breaksLine {
-            buffer.writeBytes(param.utf8.map { $0 == 0x0D || $0 == 0x0A || $0 == 0 ? UInt8(ascii: " ") : $0 })
-        } else {
-            buffer.writeString(param)
+        var param = param
+        // One pass over the bytes (every chat line's text goes through here once per format).
+        param.withUTF8 { bytes in
+            // A CR, LF or NUL inside a parameter would end or corrupt the line for the reader: each
+            // becomes a space (all three are ASCII, so the bytes tell).
+            var breaksLine = false
+            var hasSpace = false
+            for byte in bytes {
+                switch byte {
+                case 0x0D, 0x0A, 0: breaksLine = true
+                case UInt8(ascii: " "): hasSpace = true
+                default: break
+                }
+            }
+            if last && (bytes.isEmpty || bytes.first == UInt8(ascii: ":") || breaksLine || hasSpace) {
+                buffer.writeInteger(UInt8(ascii: ":"))
+            }
+            if breaksLine {
+                buffer.writeBytes(bytes.map { $0 == 0x0D || $0 == 0x0A || $0 == 0 ? UInt8(ascii: " ") : $0 })
+            } else {
+                buffer.writeBytes(UnsafeRawBufferPointer(bytes))
+            }
         }
     }
 
