@@ -153,7 +153,17 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         get { registration?.saslBuffer }
         set { setRegistration(\.saslBuffer, newValue) }
     }
-    private var capabilities: Set<String> = []
+    private var capabilities: Set<String> = [] {
+        didSet {
+            echoMessage = capabilities.contains("echo-message")
+            messageTags = capabilities.contains("message-tags")
+            labeledResponse = capabilities.contains("labeled-response")
+        }
+    }
+    /// The capabilities every chat message asks about, kept as flags: a set lookup hashes the name.
+    private var echoMessage = false
+    private var messageTags = false
+    private var labeledResponse = false
     private var graceTimer: Scheduled<Void>?
 
     // Flow control and keep-alive.
@@ -353,7 +363,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
             numeric(context, "421", String(line.prefix(32)), "Unknown command")
             return
         }
-        if unpublished > 0 && !Self.chatCommands.contains(message.command) {
+        if unpublished > 0 && !Self.isChat(message.command) {
             heldCommand = message
             pendingWork += 1
             return
@@ -361,10 +371,14 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         run(message, context)
     }
 
-    private static let chatCommands: Set<String> = ["PRIVMSG", "NOTICE", "TAGMSG"]
+    /// Plain comparisons rather than a set: this runs for every line of a client whose messages are
+    /// being stored, and comparing short strings costs less than hashing one.
+    private static func isChat(_ command: String) -> Bool {
+        command == "PRIVMSG" || command == "NOTICE" || command == "TAGMSG"
+    }
 
     private func run(_ message: IRCMessage, _ context: ChannelHandlerContext) {
-        if capabilities.contains("labeled-response"), let value = message.tag("label")?.value {
+        if labeledResponse, let value = message.tag("label")?.value {
             label = value
             labeledReplies = []
         }
@@ -417,16 +431,40 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
 
     // MARK: Commands
 
-    /// Parameters each command needs, and whether it may come before registration.
-    private static let commandTable: [String: (minParams: Int, beforeRegistration: Bool)] = [
-        "CAP": (1, true), "PASS": (1, true), "NICK": (0, true), "USER": (4, true), "PING": (0, true),
-        "PONG": (0, true), "QUIT": (0, true),
-        "JOIN": (1, false), "PART": (1, false), "PRIVMSG": (0, false), "NOTICE": (0, false),
-        "NAMES": (0, false), "WHO": (0, false), "WHOIS": (1, false), "MODE": (1, false), "TOPIC": (1, false),
-        "LIST": (0, false), "ISON": (1, false), "USERHOST": (1, false), "MOTD": (0, false),
-        "LUSERS": (0, false), "VERSION": (0, false), "TIME": (0, false), "AWAY": (0, false),
-        "KICK": (2, false), "INVITE": (0, false), "AUTHENTICATE": (1, true), "REGISTER": (3, true),
-        "OPER": (2, false), "KILL": (1, false), "TAGMSG": (1, false), "CHATHISTORY": (1, false),
+    /// What the door knows of each command before running it.
+    private struct CommandSpec {
+        /// Parameters it needs.
+        var minParams: Int
+        /// It may come before registration.
+        var beforeRegistration: Bool
+        /// It makes the hub queue events for this client (a MODE, a TOPIC), whose lines the next
+        /// command's replies must not overtake.
+        var causesEvents = false
+    }
+
+    private static let commandTable: [String: CommandSpec] = [
+        "CAP": .init(minParams: 1, beforeRegistration: true), "PASS": .init(minParams: 1, beforeRegistration: true),
+        "NICK": .init(minParams: 0, beforeRegistration: true, causesEvents: true),
+        "USER": .init(minParams: 4, beforeRegistration: true), "PING": .init(minParams: 0, beforeRegistration: true),
+        "PONG": .init(minParams: 0, beforeRegistration: true), "QUIT": .init(minParams: 0, beforeRegistration: true),
+        "JOIN": .init(minParams: 1, beforeRegistration: false, causesEvents: true),
+        "PART": .init(minParams: 1, beforeRegistration: false, causesEvents: true),
+        "PRIVMSG": .init(minParams: 0, beforeRegistration: false), "NOTICE": .init(minParams: 0, beforeRegistration: false),
+        "NAMES": .init(minParams: 0, beforeRegistration: false), "WHO": .init(minParams: 0, beforeRegistration: false),
+        "WHOIS": .init(minParams: 1, beforeRegistration: false),
+        "MODE": .init(minParams: 1, beforeRegistration: false, causesEvents: true),
+        "TOPIC": .init(minParams: 1, beforeRegistration: false, causesEvents: true),
+        "LIST": .init(minParams: 0, beforeRegistration: false), "ISON": .init(minParams: 1, beforeRegistration: false),
+        "USERHOST": .init(minParams: 1, beforeRegistration: false), "MOTD": .init(minParams: 0, beforeRegistration: false),
+        "LUSERS": .init(minParams: 0, beforeRegistration: false), "VERSION": .init(minParams: 0, beforeRegistration: false),
+        "TIME": .init(minParams: 0, beforeRegistration: false),
+        "AWAY": .init(minParams: 0, beforeRegistration: false, causesEvents: true),
+        "KICK": .init(minParams: 2, beforeRegistration: false, causesEvents: true),
+        "INVITE": .init(minParams: 0, beforeRegistration: false, causesEvents: true),
+        "AUTHENTICATE": .init(minParams: 1, beforeRegistration: true), "REGISTER": .init(minParams: 3, beforeRegistration: true),
+        "OPER": .init(minParams: 2, beforeRegistration: false),
+        "KILL": .init(minParams: 1, beforeRegistration: false, causesEvents: true),
+        "TAGMSG": .init(minParams: 1, beforeRegistration: false), "CHATHISTORY": .init(minParams: 1, beforeRegistration: false),
     ]
 
     private func dispatch(_ message: IRCMessage, _ context: ChannelHandlerContext) {
@@ -443,7 +481,18 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
             return
         }
         let params = message.params
+        // Chat first: a `switch` over strings tries its cases in order.
         switch message.command {
+        case "PRIVMSG", "NOTICE", "TAGMSG":
+            // Client-only tags (+name) travel with the message, for clients that negotiated message-tags.
+            let tags = messageTags
+                ? message.tags.filter { $0.key.hasPrefix("+") }.map { MessageTag($0.key, $0.value) } : []
+            if message.command == "TAGMSG" {
+                guard messageTags else { return }
+                chat(message.command, [params[0], ""], context, tags: tags)
+            } else {
+                chat(message.command, params, context, tags: tags)
+            }
         case "CAP": capability(params, context)
         case "PASS":
             if session != nil { numeric(context, "462", "You may not reregister") } else { password = params[0] }
@@ -476,16 +525,6 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
             close(context, reason: reason)
         case "JOIN": join(params, context)
         case "PART": part(params, context)
-        case "PRIVMSG", "NOTICE", "TAGMSG":
-            // Client-only tags (+name) travel with the message, for clients that negotiated message-tags.
-            let tags = capabilities.contains("message-tags")
-                ? message.tags.filter { $0.key.hasPrefix("+") }.map { MessageTag($0.key, $0.value) } : []
-            if message.command == "TAGMSG" {
-                guard capabilities.contains("message-tags") else { return }
-                chat(message.command, [params[0], ""], context, tags: tags)
-            } else {
-                chat(message.command, params, context, tags: tags)
-            }
         case "NAMES":
             if let channels = params.first {
                 // One 366 for the whole request, with the list as asked.
@@ -537,13 +576,11 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         }
         // Events this command caused for this client (a MODE, a TOPIC, an echo) are queued on the loop;
         // the next command's replies must not overtake them.
-        if session != nil, pendingWork == 0, Self.causesEvents.contains(message.command)
-            || (capabilities.contains("echo-message") && ["PRIVMSG", "NOTICE", "TAGMSG"].contains(message.command)) {
+        if session != nil, pendingWork == 0, spec.causesEvents || (echoMessage && Self.isChat(message.command)) {
             afterQueuedEvents(context) { _, _ in }
         }
     }
 
-    private static let causesEvents: Set<String> = ["JOIN", "PART", "MODE", "TOPIC", "KICK", "INVITE", "NICK", "AWAY", "KILL"]
 
     private func capability(_ params: [String], _ context: ChannelHandlerContext) {
         let subcommand = params[0].uppercased()
@@ -1101,7 +1138,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         }
         // A labeled message's echo is this command's response, so it carries the label: the door
         // sends it, once the hub has published the message, instead of the hub.
-        let echoLabel = capabilities.contains("echo-message") ? label : nil
+        let echoLabel = echoMessage ? label : nil
         if echoLabel != nil { label = nil }
         let format = renderFormat
         do {
@@ -1741,10 +1778,12 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         sink.enforceOutboundLimit()
     }
 
+    /// Replies go out with the loop's gathered flush, not in a write of their own: a PONG that
+    /// acknowledges a client's messages then shares a write with the room messages it is getting.
     private func flushIfNeeded(_ context: ChannelHandlerContext) {
         guard wroteSinceFlush else { return }
         wroteSinceFlush = false
-        sink?.flushNow()
+        sink?.flushQueued()
     }
 
     private func close(_ context: ChannelHandlerContext, reason: String) {
