@@ -178,10 +178,6 @@ enum RoomChunks {
 
     /// One message: serial and time as varints, the kind, then sender, user, host, account, room name,
     /// text and tags, each a varint length and UTF-8 bytes (optional ones: length + 1, 0 for none).
-    static func append(_ logged: LoggedMessage, to body: inout [UInt8]) {
-        if case .room(let message) = logged { append(message, to: &body) }
-    }
-
     static func append(_ message: RoomMessage, to body: inout [UInt8]) {
         appendVarint(message.serial, to: &body)
         appendVarint(UInt64(bitPattern: Milliseconds.from(message.time)), to: &body)
@@ -279,7 +275,7 @@ enum RoomChunks {
 /// kept across transactions so its storage is reused.
 final class RoomChunkBatch {
     private var rooms: [String: Int] = [:]
-    private var chunks: [(room: String, appends: [SQLiteMessageLog.Append])] = []
+    private var chunks: [(room: String, messages: [RoomMessage])] = []
     private var body: [UInt8] = []
 
     func clear() {
@@ -288,12 +284,12 @@ final class RoomChunkBatch {
     }
 
     /// Adds a room message (`room`: its room's name, the same string for every message of the room).
-    func add(_ append: SQLiteMessageLog.Append, room: String) {
+    func add(_ message: RoomMessage, room: String) {
         if let index = rooms[room] {
-            chunks[index].appends.append(append)
+            chunks[index].messages.append(message)
         } else {
             rooms[room] = chunks.count
-            chunks.append((room, [append]))
+            chunks.append((room, [message]))
         }
     }
 
@@ -302,19 +298,16 @@ final class RoomChunkBatch {
     func insert(_ db: Database, wrote: (String) -> Void) throws {
         defer { clear() }
         guard !chunks.isEmpty else { return }
-        chunks.sort { ($0.appends.last?.message.serial ?? 0) < ($1.appends.last?.message.serial ?? 0) }
+        chunks.sort { ($0.messages.last?.serial ?? 0) < ($1.messages.last?.serial ?? 0) }
         let handle = try db.cachedStatement(sql: RoomChunks.insertSQL).sqliteStatement
         for index in chunks.indices {
             let target = NameRules.key(chunks[index].room)
             var start = 0
             // A bounded chunk bounds what a read decodes to reach one message.
-            while start < chunks[index].appends.count {
-                let appends = chunks[index].appends[start..<min(start + RoomChunks.maxPerChunk, chunks[index].appends.count)]
-                start = appends.endIndex
-                guard let first = appends.first?.message.time, let last = appends.last?.message else { continue }
-                body.removeAll(keepingCapacity: true)
-                for append in appends { RoomChunks.append(append.message, to: &body) }
-                try RoomChunks.insert(target: target, body: body, count: appends.count, firstTime: first, lastTime: last.time, lastSerial: last.serial, handle: handle)
+            while start < chunks[index].messages.count {
+                let messages = chunks[index].messages[start..<min(start + RoomChunks.maxPerChunk, chunks[index].messages.count)]
+                start = messages.endIndex
+                try RoomChunks.insert(target: target, messages, handle: handle, body: &body)
             }
             wrote(target)
         }
