@@ -319,9 +319,15 @@ final class ManagedCounter: Sendable {
 /// of many rooms: with 100 rooms of 10 over the line door, 64 messages reached 37 members, 17
 /// messages a `write`. A room's waiting messages taken together go to its members in one write each.
 struct RoomBacklog<Item> {
-    /// Rooms with items waiting, in the order they are visited; the first is being taken from.
-    private var rooms = CircularBuffer<String>()
-    private var waiting: [String: CircularBuffer<Item>] = [:]
+    /// Slots of rooms with items waiting, in the order they are visited; the first is being taken from.
+    private var visits = CircularBuffer<Int>()
+    /// The slot of each room with items waiting.
+    private var slots: [String: Int] = [:]
+    /// Each slot's room and items. A slot whose room has emptied keeps its buffer for the next room
+    /// (`free`): a room's messages usually come one or two a burst, and a buffer allocated per burst
+    /// was an allocation per message.
+    private var queues: [(room: String, items: CircularBuffer<Item>)] = []
+    private var free: [Int] = []
     /// Items the first room may still give in this visit, so that a room whose messages keep coming
     /// does not hold the others back.
     private var visitLeft = 0
@@ -330,30 +336,45 @@ struct RoomBacklog<Item> {
     var isEmpty: Bool { count == 0 }
 
     mutating func append(_ item: Item, room: String) {
-        waiting[room, default: CircularBuffer()].append(item)
-        if waiting[room]?.count == 1 { rooms.append(room) }
         count += 1
+        if let slot = slots[room] {
+            queues[slot].items.append(item)
+            return
+        }
+        let slot: Int
+        if let reused = free.popLast() {
+            slot = reused
+            queues[slot].room = room
+        } else {
+            slot = queues.count
+            queues.append((room, CircularBuffer(initialCapacity: 4)))
+        }
+        queues[slot].items.append(item)
+        slots[room] = slot
+        visits.append(slot)
     }
 
     mutating func popFirst() -> Item? {
-        guard let room = rooms.first else { return nil }
-        if visitLeft == 0 { visitLeft = waiting[room]?.count ?? 0 }
-        guard let item = waiting[room]?.popFirst() else {
-            // Not reached: a room is listed while it has items.
-            rooms.removeFirst()
+        guard let slot = visits.first else { return nil }
+        guard let item = queues[slot].items.popFirst() else {
+            // Not reached: a room is visited while it has items.
+            visits.removeFirst()
             visitLeft = 0
             return popFirst()
         }
+        if visitLeft == 0 { visitLeft = queues[slot].items.count + 1 }
         count -= 1
         visitLeft -= 1
-        if waiting[room]?.isEmpty ?? true {
-            waiting[room] = nil
-            rooms.removeFirst()
+        if queues[slot].items.isEmpty {
+            slots[queues[slot].room] = nil
+            queues[slot].room = ""
+            free.append(slot)
+            visits.removeFirst()
             visitLeft = 0
         } else if visitLeft == 0 {
             // Its visit is over; what came meanwhile waits behind the other rooms.
-            rooms.removeFirst()
-            rooms.append(room)
+            visits.removeFirst()
+            visits.append(slot)
         }
         return item
     }

@@ -106,4 +106,19 @@ import Testing
         #expect(backlog.count == 1)
         #expect(backlog.popFirst() == "c1")
     }
+
+    @Test func roomsThatComeAndGoKeepTheirOwnOrder() {
+        var backlog = RoomBacklog<String>()
+        backlog.append("a1", room: "#a")
+        backlog.append("b1", room: "#b")
+        #expect(backlog.popFirst() == "a1")
+        // #a has emptied; #c and then #a again come after #b, each with its own messages.
+        backlog.append("c1", room: "#c")
+        backlog.append("a2", room: "#a")
+        backlog.append("c2", room: "#c")
+        backlog.append("b2", room: "#b")
+        #expect(backlog.count == 5)
+        #expect((0..<5).compactMap { _ in backlog.popFirst() } == ["b1", "b2", "c1", "c2", "a2"])
+        #expect(backlog.isEmpty)
+    }
 }
