@@ -1096,12 +1096,14 @@ public final class Hub: Sendable {
         for (which, copy) in copies.enumerated() where copy != nil { count += plan.membersPerFormat[which] }
         if !echoCopy, let which = plan.formatIndex(of: senderSink), copies[which] != nil { count -= 1 }
         // The sender's loop goes last, so its echo is submitted after every other copy.
-        for batch in plan.batches where batch.loopID != sender.loopID {
-            batch.loop.execute { batch.deliver(copies, except: senderSink, echo: false) }
+        // The tasks hold the plan (a class) and find their batch by index: capturing a batch (a
+        // struct of four arrays and a loop) cost a retain and a release of each, every message.
+        for index in plan.batches.indices where plan.batches[index].loopID != sender.loopID {
+            plan.batches[index].loop.execute { plan.batches[index].deliver(copies, except: senderSink, echo: false) }
         }
-        for batch in plan.batches where batch.loopID == sender.loopID {
-            batch.loop.execute {
-                batch.deliver(copies, except: senderSink, echo: echoCopy)
+        for index in plan.batches.indices where plan.batches[index].loopID == sender.loopID {
+            plan.batches[index].loop.execute {
+                plan.batches[index].deliver(copies, except: senderSink, echo: echoCopy)
                 then?()
             }
         }
@@ -1176,8 +1178,8 @@ struct DeliveryBatch: Sendable {
     /// The same sinks where they are `ChannelSink`s (the TCP doors'), unretained: a copy to one is a
     /// direct call, without the retain and release that calling through the existential costs (a
     /// pair per copy, about 7% of fan-out's samples). Safe because `sinks` holds each of them, and
-    /// the task that delivers holds its own copy of the batch (and so of `sinks`) until it ends, even
-    /// if a sink's disconnect drops the room's plan meanwhile.
+    /// the task that delivers holds the batch (its own copy, or the room's plan that holds it) until
+    /// it ends, even if a sink's disconnect drops the room's plan meanwhile.
     private var channelSinks: [Unmanaged<ChannelSink>?] = []
     private(set) var formats: [UInt8] = []
 
@@ -1266,7 +1268,7 @@ struct DeliveryBatch: Sendable {
 /// index of its wire format. Made on the first message after the membership changed (or after any
 /// connection's format did), so that each copy of a message costs a step through an array rather
 /// than a format lookup, a batch search and an append.
-struct FanOutPlan: Sendable {
+final class FanOutPlan: Sendable {
     let epoch: UInt64
     let formats: [any WireFormat]
     let membersPerFormat: [Int]
