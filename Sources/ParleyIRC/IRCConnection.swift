@@ -1141,18 +1141,15 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         let echoLabel = echoMessage ? label : nil
         if echoLabel != nil { label = nil }
         let format = renderFormat
+        let outcome = ChatOutcome(bound: NIOLoopBound((self, context), eventLoop: context.eventLoop),
+                                  command: command, target: target, label: echoLabel)
         do {
-            // The echo is rendered only for a labeled message (no closure made for the others).
             if target.hasPrefix("#") {
-                var render: (@Sendable (RoomMessage) -> IRCMessage?)?
-                if echoLabel != nil { render = { format.message(for: .message($0)) } }
                 try hub.say(session, room: target, text: text, kind: kind, tags: tags, echo: echoLabel == nil,
-                            then: publishedHandler(context, command: command, target: target, label: echoLabel, render: render))
+                            then: { outcome.report($0) { format.message(for: .message($0)) } })
             } else {
-                var render: (@Sendable (DirectMessage) -> IRCMessage?)?
-                if echoLabel != nil { render = { format.message(for: .direct($0)) } }
                 try hub.direct(session, to: target, text: text, kind: kind, tags: tags, echo: echoLabel == nil,
-                               then: publishedHandler(context, command: command, target: target, label: echoLabel, render: render))
+                               then: { outcome.report($0) { format.message(for: .direct($0)) } })
                 if kind == .say || kind == .action, let away = hub.sessions(named: target).first?.away {
                     numeric(context, "301", target, away)
                 }
@@ -1169,17 +1166,23 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         }
     }
 
-    /// What the hub calls back with once a chat message is published (or refused): the labeled echo
-    /// (`render` makes it), or the error, in order with this client's other replies.
-    private func publishedHandler<Message: Sendable>(_ context: ChannelHandlerContext, command: String, target: String, label: String?,
-                                                     render: (@Sendable (Message) -> IRCMessage?)?) -> PublishedHandler<Message> {
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        return { result in
+    /// What the door does once the hub has published a chat message (or refused it): the labeled
+    /// echo, or the error, in order with this client's other replies. A value the hub's callback
+    /// captures, rather than a closure made by a generic function: that one came wrapped in a
+    /// reabstraction thunk, a second allocation per message.
+    private struct ChatOutcome: Sendable {
+        let bound: NIOLoopBound<(IRCConnectionHandler, ChannelHandlerContext)>
+        let command: String
+        let target: String
+        /// The message's label when the client echoes it (the echo is then rendered here, by `echo`).
+        let label: String?
+
+        func report<Message>(_ result: Result<Message, HubError>, echo: (Message) -> IRCMessage?) {
             let (handler, context) = bound.value
             var replies: [IRCMessage] = []
             switch result {
             case .success(let message):
-                if label != nil, let echo = render?(message) { replies.append(echo) }
+                if label != nil, let line = echo(message) { replies.append(line) }
             case .failure(let error):
                 if command != "NOTICE" { replies.append(handler.chatErrorReply(error, target: target)) }
             }
