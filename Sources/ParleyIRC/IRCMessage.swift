@@ -83,14 +83,19 @@ public struct IRCMessage: Equatable, Sendable, CustomStringConvertible {
         }
         let commandRange = word()
         guard !commandRange.isEmpty else { throw .missingCommand }
-        var command = ""
+        // Checked, then upper-cased into a string made once (appending scalar by scalar cost more
+        // than the rest of the parse).
+        var lowerCase = false
         for byte in bytes[commandRange] {
             switch byte {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"): command.unicodeScalars.append(Unicode.Scalar(byte - 32))
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): command.unicodeScalars.append(Unicode.Scalar(byte))
+            case UInt8(ascii: "a")...UInt8(ascii: "z"): lowerCase = true
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): break
             default: throw .invalidCommand(String(string(commandRange).prefix(32)))
             }
         }
+        let command = lowerCase
+            ? String(decoding: bytes[commandRange].lazy.map { $0 >= UInt8(ascii: "a") ? $0 - 32 : $0 }, as: UTF8.self)
+            : string(commandRange)
         var params: [String] = []
         // Most commands carry up to four: one allocation instead of one per growth.
         params.reserveCapacity(4)
