@@ -12,7 +12,10 @@ public enum NameRules {
     /// Lowercased ASCII: names and rooms compare case-insensitively (CASEMAPPING=ascii).
     public static func key(_ name: String) -> String {
         // Most names are already lower case: those need no new string (this runs for every message).
-        guard name.utf8.contains(where: { $0 >= 65 && $0 <= 90 }) else { return name }
+        var name = name
+        // Over contiguous bytes: the generic `utf8.contains(where:)` was the bigger part of this.
+        let hasUpperCase = name.withUTF8 { bytes in bytes.contains { $0 >= 65 && $0 <= 90 } }
+        guard hasUpperCase else { return name }
         return String(decoding: name.utf8.map { ($0 >= 65 && $0 <= 90) ? $0 + 32 : $0 }, as: UTF8.self)
     }
 
@@ -69,14 +72,17 @@ public enum NameRules {
     public static func cleanText(_ text: String) -> String? {
         // Control characters are all ASCII, so one pass over the bytes finds them. Most messages have
         // none and a visible ASCII character: those are returned as they are, with no new string.
+        var text = text
         var hasControl = false
         var hasVisibleASCII = false
-        for byte in text.utf8 {
-            if (byte < 0x20 && byte != 0x09) || byte == 0x7F {
-                hasControl = true
-                break
+        text.withUTF8 { bytes in
+            for byte in bytes {
+                if (byte < 0x20 && byte != 0x09) || byte == 0x7F {
+                    hasControl = true
+                    break
+                }
+                if byte > 0x20 && byte < 0x7F { hasVisibleASCII = true }
             }
-            if byte > 0x20 && byte < 0x7F { hasVisibleASCII = true }
         }
         if !hasControl && hasVisibleASCII { return text }
         let cleaned = hasControl ? String(String.UnicodeScalarView(text.unicodeScalars.filter {

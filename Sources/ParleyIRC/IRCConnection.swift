@@ -1131,10 +1131,12 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
     /// One target of a PRIVMSG, NOTICE or TAGMSG.
     private func chat(_ command: String, to target: String, text: String, kind: MessageKind, tags: [MessageTag],
                       session: Session, _ context: ChannelHandlerContext) {
-        let targetKey = NameRules.key(target)
-        if targetKey == "nickserv" || targetKey.hasPrefix("nickserv@") {
-            if command == "PRIVMSG" { nickServ(text, context) }
-            return
+        if !target.hasPrefix("#") {
+            let targetKey = NameRules.key(target)
+            if targetKey == "nickserv" || targetKey.hasPrefix("nickserv@") {
+                if command == "PRIVMSG" { nickServ(text, context) }
+                return
+            }
         }
         // A labeled message's echo is this command's response, so it carries the label: the door
         // sends it, once the hub has published the message, instead of the hub.
