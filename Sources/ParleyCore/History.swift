@@ -280,6 +280,16 @@ public final class PublishQueue: Sendable {
         if schedule { turn.loop.execute { self.drain() } }
     }
 
+    /// Queues one work that has nothing to commit (no history): it runs as committed.
+    func submit(_ work: any CommittedWork) {
+        let schedule = state.withLock { state in
+            state.items.append(Item(work: work, committed: true), room: work.room)
+            defer { state.scheduled = true }
+            return !state.scheduled
+        }
+        if schedule { turn.loop.execute { self.drain() } }
+    }
+
     /// Whether a pass that ran `items` items and made `copies` copies takes another.
     static func continues(items: Int, copies: Int) -> Bool {
         items < itemsPerPass || (copies >= items * bigRoomDeliveries && copies < deliveriesPerPass)

@@ -101,7 +101,8 @@ public final class ParleyServer: Sendable {
             // Nothing is stored, so nothing says where ids stopped last time: start from the clock,
             // so msgids a client saw before a restart are not given out again.
             let firstSerial = UInt64(max(0, Milliseconds.from(Date()))) << 12
-            hub = Hub(config: hubConfig, accounts: store, hasher: hasher, history: config.history, firstSerial: firstSerial)
+            hub = Hub(config: hubConfig, accounts: store, hasher: hasher, history: config.history, firstSerial: firstSerial,
+                      publishTurns: turns.all)
         }
     }
 

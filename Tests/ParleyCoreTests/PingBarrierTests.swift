@@ -110,6 +110,35 @@ struct HeldHub {
         #expect(bystanderAgain.isSet)
     }
 
+    /// Without a history, room messages still go out in the room's publishing passes (bounded, between
+    /// the loop's reads), and a PING waits for those accepted before it.
+    @Test func withoutAHistoryMessagesArePublishedInPassesAndAPingWaitsForThem() throws {
+        let loop = EmbeddedEventLoop()
+        let hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), publishTurns: [NextTurn(loop: loop)])
+        func connect(_ name: String) throws -> (Session, RecordingSink) {
+            let sink = RecordingSink(loop: loop, format: EventFormat())
+            return (try hub.connect(door: "test", address: "127.0.0.1:1", sink: sink, name: name, user: nil, joinLobby: false), sink)
+        }
+        let (speaker, _) = try connect("speaker")
+        let (listener, listenerSink) = try connect("listener")
+        try hub.join(speaker, room: "#dev")
+        try hub.join(listener, room: "#dev")
+        loop.run()
+        let before = listenerSink.lines.count
+        for index in 1...70 { try hub.say(speaker, room: "#dev", text: "m\(index)") }
+        let answered = Flag()
+        hub.afterPublished(to: listener) { answered.set() }
+        // Queued for the publishing loop, not handed out in the call that accepted them.
+        #expect(listenerSink.lines.count == before)
+        #expect(!answered.isSet)
+        loop.run()
+        #expect(answered.isSet)
+        let texts = listenerSink.lines.dropFirst(before).compactMap { line in
+            line.firstRange(of: "text: \"").map { String(line[$0.upperBound...].prefix { $0 != "\"" }) }
+        }
+        #expect(texts == (1...70).map { "m\($0)" })
+    }
+
     /// A message that could not be stored settles too; a PING is not held up by it forever.
     @Test func aRefusedMessageDoesNotHoldAPing() throws {
         let held = HeldHub()
