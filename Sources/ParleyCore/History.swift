@@ -272,18 +272,20 @@ public final class PublishQueue: Sendable {
 
     /// Queues `works`, each to be run with `committed` (whether their transaction committed).
     public func submit(_ works: [any CommittedWork], committed: Bool) {
-        let schedule = state.withLock { state in
-            for work in works { state.items.append(Item(work: work, committed: committed), room: work.room) }
-            defer { state.scheduled = true }
-            return !state.scheduled
+        enqueue { items in
+            for work in works { items.append(Item(work: work, committed: committed), room: work.room) }
         }
-        if schedule { turn.loop.execute { self.drain() } }
     }
 
     /// Queues one work that has nothing to commit (no history): it runs as committed.
     func submit(_ work: any CommittedWork) {
+        enqueue { $0.append(Item(work: work, committed: true), room: work.room) }
+    }
+
+    /// Adds to the backlog; the first addition to an idle queue schedules a pass.
+    private func enqueue(_ add: (inout RoomBacklog<Item>) -> Void) {
         let schedule = state.withLock { state in
-            state.items.append(Item(work: work, committed: true), room: work.room)
+            add(&state.items)
             defer { state.scheduled = true }
             return !state.scheduled
         }
