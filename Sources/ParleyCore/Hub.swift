@@ -600,7 +600,7 @@ public final class Hub: Sendable {
                 // Without a history a message still goes through the room's publishing queue: fanned
                 // out in bounded passes between the loop's reads, as committed messages are. Fanned out
                 // in the turn that read it, a turn held every message read in it, and a PING waited for
-                // all of their copies (86-100 ms p99 in the rooms benchmark with --history off).
+                // all of their copies (86-117 ms p99 in the rooms benchmark with --history off).
                 state.stored.logged &+= 1
                 publisher.submit(QueuedPublish(room: room.name) { [self] in
                     publish(message, key: key, loggedIn: room, sender: session, echo: echo, then: then)

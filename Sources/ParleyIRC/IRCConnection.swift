@@ -581,7 +581,6 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         }
     }
 
-
     private func capability(_ params: [String], _ context: ChannelHandlerContext) {
         let subcommand = params[0].uppercased()
         switch subcommand {
