@@ -50,14 +50,19 @@ final class Flag: Sendable {
     var isSet: Bool { value.load(ordering: .relaxed) }
 }
 
-/// A hub whose messages a `HeldLog` stores, published on an embedded loop the test runs.
+/// A hub whose messages a `HeldLog` stores (or, `history: false`, none), published on an embedded
+/// loop the test runs.
 struct HeldHub {
     let loop = EmbeddedEventLoop()
     let log = HeldLog()
+    /// The loop's turn, where publishing passes after the first wait (run after `turn.attach {}`).
+    let turn: NextTurn
     let hub: Hub
 
-    init() {
-        hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), log: log, publishTurns: [NextTurn(loop: loop)])
+    init(history: Bool = true) {
+        turn = NextTurn(loop: loop)
+        hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), log: history ? log : nil,
+                  publishTurns: [turn])
     }
 
     /// A session outside the lobby, and what it receives.
@@ -110,15 +115,12 @@ struct HeldHub {
         #expect(bystanderAgain.isSet)
     }
 
-    /// Without a history, room messages still go out in the room's publishing passes (bounded, between
-    /// the loop's reads), and a PING waits for those accepted before it.
+    /// Without a history, room messages still go out in the room's publishing passes (64 a turn,
+    /// between the loop's reads), and a PING waits for those accepted before it.
     @Test func withoutAHistoryMessagesArePublishedInPassesAndAPingWaitsForThem() throws {
-        let loop = EmbeddedEventLoop()
-        let hub = Hub(config: HubConfig(), accounts: MemoryAccounts(), hasher: PlainHasher(), publishTurns: [NextTurn(loop: loop)])
-        func connect(_ name: String) throws -> (Session, RecordingSink) {
-            let sink = RecordingSink(loop: loop, format: EventFormat())
-            return (try hub.connect(door: "test", address: "127.0.0.1:1", sink: sink, name: name, user: nil, joinLobby: false), sink)
-        }
+        let held = HeldHub(history: false)
+        let (hub, loop, turn, connect) = (held.hub, held.loop, held.turn, held.connect)
+        turn.attach {}
         let (speaker, _) = try connect("speaker")
         let (listener, listenerSink) = try connect("listener")
         try hub.join(speaker, room: "#dev")
@@ -131,6 +133,11 @@ struct HeldHub {
         // Queued for the publishing loop, not handed out in the call that accepted them.
         #expect(listenerSink.lines.count == before)
         #expect(!answered.isSet)
+        loop.run()
+        // The first pass: 64, and the rest on the loop's next turn.
+        #expect(listenerSink.lines.count == before + 64)
+        #expect(!answered.isSet)
+        turn.run()
         loop.run()
         #expect(answered.isSet)
         let texts = listenerSink.lines.dropFirst(before).compactMap { line in
