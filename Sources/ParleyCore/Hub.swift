@@ -608,7 +608,7 @@ public final class Hub: Sendable {
             } else {
                 // Tag-only messages (typing notices, reactions) are not history: published at once.
                 if kind != .tagOnly { room.recent.append(message) }
-                deliverToRoom(.message(message), &state, sender: session, echo: echo, then: completion(then, message))
+                deliverToRoom(message, &state, sender: session, echo: echo, then: then)
             }
             return message
         }
@@ -631,7 +631,6 @@ public final class Hub: Sendable {
     /// `loggedIn`: the room whose count the message was logged in; it is settled there.
     private func publish(_ message: RoomMessage, key: String, loggedIn: Room, sender: Session, echo: Bool,
                          then: PublishedHandler<RoomMessage>?) {
-        let after = completion(then, message)
         // Settled in the room it was logged in (a room recreated meanwhile has counts of its own), once
         // the members' copies are handed to their loops, so that a PONG that waited follows them.
         defer { loggedIn.settleOne() }
@@ -640,7 +639,7 @@ public final class Hub: Sendable {
             room.state.withLock { state -> Bool in
                 if state.closed { return false }
                 room.recent.append(message)
-                deliverToRoom(.message(message), &state, sender: sender, echo: echo, then: after)
+                deliverToRoom(message, &state, sender: sender, echo: echo, then: then)
                 return true
             }
         }
@@ -656,7 +655,7 @@ public final class Hub: Sendable {
                 return nil
             }
             guard let room else {
-                if let after { sender.sink.eventLoop.execute(after) }
+                if let after = completion(then, message) { sender.sink.eventLoop.execute(after) }
                 return
             }
             if publishIfOpen(room) { return }
@@ -1103,11 +1102,14 @@ public final class Hub: Sendable {
     /// A room message to every member, through the room's fan-out plan: the sender's copy (its
     /// acknowledgement) comes after every other member's, and `then` after that, on the sender's loop.
     /// A sender outside the room (a room without +n) takes the general path.
-    func deliverToRoom(_ event: HubEvent, _ state: inout Room.State, sender: Session, echo: Bool,
-                       then: (@Sendable () -> Void)?) {
+    /// `then` is called by the task itself, not wrapped in a closure that calls it with the message:
+    /// one allocation less per message.
+    func deliverToRoom(_ message: RoomMessage, _ state: inout Room.State, sender: Session, echo: Bool,
+                       then: PublishedHandler<RoomMessage>?) {
+        let event = HubEvent.message(message)
         let plan = FanOutPlan.current(for: &state)
         guard plan.includes(sender) else {
-            deliver(event, to: state.members, last: sender, deliverLast: echo, then: then)
+            deliver(event, to: state.members, last: sender, deliverLast: echo, then: completion(then, message))
             return
         }
         let copies = plan.formats.map { $0.render(event) }
@@ -1125,7 +1127,7 @@ public final class Hub: Sendable {
         for index in plan.batches.indices where plan.batches[index].loopID == sender.loopID {
             plan.batches[index].loop.execute {
                 plan.batches[index].deliver(copies, except: senderSink, echo: echoCopy)
-                then?()
+                then?(.success(message))
             }
         }
         counters.deliveries.add(count, ordering: .relaxed)
