@@ -1112,11 +1112,11 @@ public final class Hub: Sendable {
             deliver(event, to: state.members, last: sender, deliverLast: echo, then: completion(then, message))
             return
         }
-        let copies = plan.formats.map { $0.render(event) }
+        let copies = Renderings(plan.formats, rendering: event)
         let echoCopy = echo && sender.receivesOwnMessages
         let senderSink = sender.sink
         var count = 0
-        for (which, copy) in copies.enumerated() where copy != nil { count += plan.membersPerFormat[which] }
+        for which in 0..<copies.count where copies[which] != nil { count += plan.membersPerFormat[which] }
         if !echoCopy, let which = plan.formatIndex(of: senderSink), copies[which] != nil { count -= 1 }
         // The sender's loop goes last, so its echo is submitted after every other copy.
         // The tasks hold the plan (a class) and find their batch by index: capturing a batch (a
@@ -1269,11 +1269,11 @@ struct DeliveryBatch: Sendable {
     /// A planned room message: every sink but the sender's gets its rendering (none when its format
     /// renders nothing), one pass over the sinks per rendering (there are a handful); the sender's
     /// comes last, when `echo`.
-    func deliver(_ copies: [ByteBuffer?], except sender: any SessionSink, echo: Bool) {
+    func deliver(_ copies: Renderings, except sender: any SessionSink, echo: Bool) {
         // Found once, so the loop below compares indexes rather than loading each sink.
         let senderIndex = index(of: sender) ?? -1
-        for (which, copy) in copies.enumerated() {
-            guard let copy else { continue }
+        for which in 0..<copies.count {
+            guard let copy = copies[which] else { continue }
             let which = UInt8(truncatingIfNeeded: which)
             copy.withUnsafeReadableBytes { bytes in
                 for index in sinks.indices where formats[index] == which && index != senderIndex {
@@ -1283,6 +1283,32 @@ struct DeliveryBatch: Sendable {
         }
         if echo, senderIndex >= 0, let senderCopy = copies[Int(formats[senderIndex])] {
             senderCopy.withUnsafeReadableBytes { sender.deliver($0) }
+        }
+    }
+}
+
+/// A room message rendered once per wire format of its room's plan, by format index (nil: that format
+/// shows nothing). One format, the usual case, needs no array: one made per message was an
+/// allocation per message.
+enum Renderings: Sendable {
+    case one(ByteBuffer?)
+    case many([ByteBuffer?])
+
+    init(_ formats: [any WireFormat], rendering event: HubEvent) {
+        self = formats.count == 1 ? .one(formats[0].render(event)) : .many(formats.map { $0.render(event) })
+    }
+
+    var count: Int {
+        switch self {
+        case .one: return 1
+        case .many(let copies): return copies.count
+        }
+    }
+
+    subscript(format: Int) -> ByteBuffer? {
+        switch self {
+        case .one(let copy): return copy
+        case .many(let copies): return copies[format]
         }
     }
 }
