@@ -155,6 +155,9 @@ public protocol MessageLog: Sendable {
     /// failed (false), in the order messages were queued: on `publisher` when given (the callbacks of
     /// one transaction for one publisher in one task), on the log's writer thread otherwise.
     func append(_ message: LoggedMessage, publisher: PublishQueue?, committed: @escaping @Sendable (Bool) -> Void)
+    /// Queues a room message that is its own callback: `entry.run` runs once the transaction that
+    /// holds it has ended, on `entry.publisher` (or the writer thread without one), in queue order.
+    func append(_ entry: any RoomLogEntry)
     /// Marks a stored direct message as waiting for `account` (its recipients went away before it
     /// could be handed to them).
     func markPending(serial: UInt64, account: String)
@@ -226,6 +229,15 @@ public protocol CommittedWork: AnyObject, Sendable {
     /// The room (its name) whose message this is: a publisher keeps each room's works in order.
     var room: String { get }
     func run(committed: Bool)
+}
+
+/// A room message as the log keeps it until its transaction ends, and then the work its room's
+/// publisher runs: one object for the log's record, the callback and the queue's item (three
+/// allocations a message when they were apart, each touched again, cold, on the writer's thread).
+public protocol RoomLogEntry: CommittedWork {
+    var message: RoomMessage { get }
+    /// Where `run` is handed once the transaction has ended; nil: on the log's writer thread.
+    var publisher: PublishQueue? { get }
 }
 
 /// Runs work on one event loop, each room's in the order it was submitted, a bounded number of items

@@ -585,25 +585,20 @@ public final class Hub: Sendable {
             let stamp = stamper.next()
             let message = RoomMessage(room: room.name, sender: sender, text: text, kind: kind,
                                       sequence: state.sequence, time: stamp.time, serial: stamp.serial, tags: tags)
-            if let log, kind != .tagOnly {
+            if kind != .tagOnly && (log != nil || room.recent.publisher != nil) {
                 // Queued under the room lock, so the log's order (and the publishing order) is the room's.
-                state.stored.logged &+= 1
-                log.append(.room(message), publisher: room.recent.publisher) { [self] committed in
-                    guard committed else {
-                        room.settleOne()
-                        report(.failure(.storeFailed("store your message")), to: session, then)
-                        return
-                    }
-                    publish(message, key: key, loggedIn: room, sender: session, echo: echo, then: then)
-                }
-            } else if kind != .tagOnly, let publisher = room.recent.publisher {
                 // Without a history a message still goes through the room's publishing queue: fanned
                 // out in bounded passes between the loop's reads, as committed messages are. Fanned out
                 // in the turn that read it, a turn held every message read in it, and a PING waited for
                 // all of their copies (86-117 ms p99 in the rooms benchmark with --history off).
                 state.stored.logged &+= 1
-                publisher.submit(QueuedPublish(hub: self, message: message, key: key, loggedIn: room, sender: session,
-                                               echo: echo, then: then))
+                let publication = Publication(hub: self, message: message, key: key, loggedIn: room, sender: session,
+                                              echo: echo, then: then)
+                if let log {
+                    log.append(publication)
+                } else {
+                    room.recent.publisher?.submit(publication)
+                }
             } else {
                 // Tag-only messages (typing notices, reactions) are not history: published at once.
                 if kind != .tagOnly { room.recent.append(message) }
@@ -615,9 +610,9 @@ public final class Hub: Sendable {
         return published
     }
 
-    /// A message waiting in its room's publishing queue without a history: nothing to commit. It
-    /// holds what `publish` needs itself, rather than a closure that does (one allocation, not two).
-    private final class QueuedPublish: CommittedWork {
+    /// A room message on its way to the members: the log's entry for it (with a history) and the work
+    /// its room's queue runs. It holds what `publish` needs itself, rather than a closure that does.
+    private final class Publication: RoomLogEntry {
         let hub: Hub
         let message: RoomMessage
         let key: String
@@ -626,6 +621,7 @@ public final class Hub: Sendable {
         let echo: Bool
         let then: PublishedHandler<RoomMessage>?
         var room: String { loggedIn.name }
+        var publisher: PublishQueue? { loggedIn.recent.publisher }
 
         init(hub: Hub, message: RoomMessage, key: String, loggedIn: Room, sender: Session, echo: Bool,
              then: PublishedHandler<RoomMessage>?) {
@@ -639,6 +635,11 @@ public final class Hub: Sendable {
         }
 
         func run(committed: Bool) {
+            guard committed else {
+                loggedIn.settleOne()
+                hub.report(.failure(.storeFailed("store your message")), to: sender, then)
+                return
+            }
             hub.publish(message, key: key, loggedIn: loggedIn, sender: sender, echo: echo, then: then)
         }
     }

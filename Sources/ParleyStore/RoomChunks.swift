@@ -283,8 +283,9 @@ final class RoomChunkBatch {
         chunks.removeAll(keepingCapacity: true)
     }
 
-    /// Adds a room message (`room`: its room's name, the same string for every message of the room).
-    func add(_ message: RoomMessage, room: String) {
+    /// Adds a room message.
+    func add(_ message: RoomMessage) {
+        let room = message.room
         if let index = rooms[room] {
             chunks[index].messages.append(message)
         } else {

@@ -8,12 +8,15 @@ import Testing
 /// A log whose transactions the test commits one message at a time, in order. Like the real one,
 /// it hands a committed message's callback to its publisher, whose loop publishes it later.
 final class HeldLog: MessageLog {
-    private let jobs = Mutex<[(room: String, publisher: PublishQueue?, committed: @Sendable (Bool) -> Void)]>([])
+    private let jobs = Mutex<[(publisher: PublishQueue?, work: any CommittedWork)]>([])
     struct NotKept: Error {}
 
     func append(_ message: LoggedMessage, publisher: PublishQueue?, committed: @escaping @Sendable (Bool) -> Void) {
         let room = if case .room(let message) = message { message.room } else { "" }
-        jobs.withLock { $0.append((room, publisher, committed)) }
+        jobs.withLock { $0.append((publisher, Work(room: room, committed))) }
+    }
+    func append(_ entry: any RoomLogEntry) {
+        jobs.withLock { $0.append((entry.publisher, entry)) }
     }
     func markPending(serial: UInt64, account: String) {}
     func claimPending(account: String) async throws -> [LoggedMessage] { [] }
@@ -25,9 +28,9 @@ final class HeldLog: MessageLog {
     func next(committed: Bool = true) {
         guard let job = jobs.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { return }
         if let publisher = job.publisher {
-            publisher.submit([Work(room: job.room, job.committed)], committed: committed)
+            publisher.submit([job.work], committed: committed)
         } else {
-            job.committed(committed)
+            job.work.run(committed: committed)
         }
     }
     var queued: Int { jobs.withLock { $0.count } }
