@@ -400,10 +400,12 @@ final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
 
     /// A line-door line: a room message (`MSG #...`), and this client's own if it holds the marker.
     private func countLine(_ line: UnsafeRawBufferPointer, at now: UInt64) {
-        guard line.starts(with: "MSG ".utf8) else { return }
+        guard hasPrefix(line, "MSG ") else { return }
         outcome.delivered += 1
         if observes { observe(line, at: now) }
-        if containsBytes(line, marker) { outcome.acknowledged += 1 }
+        // Only a client with messages unacknowledged can be reading one of its own: the others (all
+        // but the senders in fan-out) skip the search, which was most of the generator's work per line.
+        if outcome.acknowledged < outcome.sent && containsBytes(line, marker) { outcome.acknowledged += 1 }
     }
 
     /// An IRC line: `:prefix PRIVMSG ...` is a delivery, `:server PONG server :N` acknowledges the
@@ -413,12 +415,12 @@ final class ThroughputHandler: ChannelInboundHandler, @unchecked Sendable {
             answerServerPing(line, context)
             return
         }
-        guard let space = line.firstIndex(of: UInt8(ascii: " ")) else { return }
-        let command = UnsafeRawBufferPointer(rebasing: line[(space + 1)...])
-        if command.starts(with: "PRIVMSG ".utf8) {
+        guard let base = line.baseAddress, let found = memchr(base, 0x20, line.count) else { return }
+        let command = UnsafeRawBufferPointer(rebasing: line[(base.distance(to: UnsafeRawPointer(found)) + 1)...])
+        if hasPrefix(command, "PRIVMSG ") {
             outcome.delivered += 1
             if observes { observe(line, at: now) }
-        } else if command.starts(with: "PONG ".utf8), let count = trailingNumber(line) {
+        } else if hasPrefix(command, "PONG "), let count = trailingNumber(line) {
             outcome.acknowledged = max(outcome.acknowledged, min(Int(count), outcome.sent))
         }
     }
@@ -466,25 +468,34 @@ func forEachLine(in buffer: ByteBuffer, partial: inout [UInt8], _ body: (UnsafeR
     }
 }
 
-/// Whether `needle` occurs in `line`.
+/// Whether `line` starts with `prefix` (a `memcmp`: the generic `starts(with:)` over a string's
+/// UTF-8 view was a tenth of the generator's time in fan-out to 1,000).
+func hasPrefix(_ line: UnsafeRawBufferPointer, _ prefix: StaticString) -> Bool {
+    guard line.count >= prefix.utf8CodeUnitCount, let base = line.baseAddress else { return prefix.utf8CodeUnitCount == 0 }
+    return memcmp(base, prefix.utf8Start, prefix.utf8CodeUnitCount) == 0
+}
+
+/// Whether `needle` occurs in `line`: `memchr` to each candidate first byte and `memcmp` there,
+/// many times faster than a loop over subscripts (this runs for lines by the million).
 func containsBytes(_ line: UnsafeRawBufferPointer, _ needle: [UInt8]) -> Bool {
-    guard !needle.isEmpty, line.count >= needle.count else { return false }
-    var index = 0
-    while index <= line.count - needle.count {
-        if line[index] == needle[0] {
-            var matched = 1
-            while matched < needle.count && line[index + matched] == needle[matched] { matched += 1 }
-            if matched == needle.count { return true }
+    guard let first = needle.first, line.count >= needle.count, var at = line.baseAddress else { return false }
+    var left = line.count
+    return needle.withUnsafeBytes { needle in
+        guard let wanted = needle.baseAddress else { return false }
+        while left >= needle.count, let found = memchr(at, Int32(first), left - needle.count + 1) {
+            if memcmp(found, wanted, needle.count) == 0 { return true }
+            let skipped = at.distance(to: UnsafeRawPointer(found)) + 1
+            at += skipped
+            left -= skipped
         }
-        index += 1
+        return false
     }
-    return false
 }
 
 /// Answers an IRC server's `PING x` with `PONG x`; false when `line` is not a PING.
 @discardableResult
 func answerServerPing(_ line: UnsafeRawBufferPointer, _ context: ChannelHandlerContext) -> Bool {
-    guard line.starts(with: "PING ".utf8) else { return false }
+    guard hasPrefix(line, "PING ") else { return false }
     var pong = context.channel.allocator.buffer(capacity: line.count + 2)
     pong.writeString("PONG ")
     pong.writeBytes(UnsafeRawBufferPointer(rebasing: line[5...]))

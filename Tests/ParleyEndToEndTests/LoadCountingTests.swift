@@ -43,6 +43,20 @@ import Testing
         #expect(has("MSG #r guest-1: p12-3 99", ": p12-"))
         #expect(!has("MSG #r guest-1: p12-3 99", ": p1-"))
         #expect(!has("p1", ": p1-"))
+        // A near miss before the marker, the marker as the whole line and at its very end.
+        #expect(has("MSG #r p: p1: p12-", ": p12-"))
+        #expect(has(": p12-", ": p12-"))
+        #expect(!has("MSG #r guest: p12", ": p12-"))
+        #expect(!has("", ": p12-"))
+    }
+
+    @Test func aLineStartsWithAPrefixOnlyWhenItsFirstBytesAreThePrefix() {
+        func starts(_ text: String, _ prefix: StaticString) -> Bool { Array(text.utf8).withUnsafeBytes { hasPrefix($0, prefix) } }
+        #expect(starts("PRIVMSG #r :hi", "PRIVMSG "))
+        #expect(starts("MSG ", "MSG "))
+        #expect(!starts("MSG", "MSG "))
+        #expect(!starts(" MSG #r", "MSG "))
+        #expect(!starts("", "PING "))
     }
 
     @Test func stolenTimeIsTheEighthColumnOfACPUsLineInProcStat() throws {
