@@ -636,8 +636,10 @@ public final class Hub: Sendable {
 
         func run(committed: Bool) {
             guard committed else {
-                loggedIn.settleOne()
+                // Reported before it is settled: what waited for it (a PONG, a held command) comes
+                // after the sender's error.
                 hub.report(.failure(.storeFailed("store your message")), to: sender, then)
+                loggedIn.settleOne()
                 return
             }
             hub.publish(message, key: key, loggedIn: loggedIn, sender: sender, echo: echo, then: then)

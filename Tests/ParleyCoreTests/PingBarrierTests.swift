@@ -165,6 +165,24 @@ struct HeldHub {
         #expect(answered.isSet)
         #expect(log.queued == 1)
     }
+
+    /// What waited for a message that could not be stored (a PONG, answered on the loop) comes after
+    /// the sender is told so.
+    @Test func theSendersErrorComesBeforeWhatWaitedForItsMessage() throws {
+        let held = HeldHub()
+        let (hub, log, loop) = (held.hub, held.log, held.loop)
+        let sink = RecordingSink(loop: loop, format: EventFormat())
+        let session = hub.connect(door: "test", address: "127.0.0.1:1", sink: sink)!
+        try hub.say(session, room: "#lobby", text: "lost")
+        let seenWhenAnswered = Mutex<[String]?>(nil)
+        hub.afterPublished(to: session) {
+            loop.execute { seenWhenAnswered.withLock { $0 = sink.lines } }
+        }
+        log.next(committed: false)
+        loop.run()
+        let seen = try #require(seenWhenAnswered.withLock { $0 })
+        #expect(seen.contains { $0.hasPrefix("refused(") && $0.contains("store your message") })
+    }
 }
 
 /// A stored message is published to its room as the room is when the commit comes, even if the room
