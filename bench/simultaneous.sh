@@ -7,9 +7,10 @@
 #
 # Both servers run on CPU 1 (one event loop each, history on, flood control off), each with its own
 # load generator (NEW_BINARY's `parley load`) on CPU 0; they share the core and whatever the host
-# gives it, so the ratio of their deliveries holds still. Prints NEW/OLD per run. Fair only between
-# builds with the same threads: the scheduler shares a core per thread, so a server with a history
-# writer gets more of it than one without (`--history off` cannot be compared this way).
+# gives it, so the ratio of their deliveries holds still. Prints NEW/OLD per run, of deliveries and of
+# server CPU per delivery. The scheduler shares the core per thread: a build that moves work between
+# the event loop and the history writer gets a different share, so its deliveries mislead and its
+# CPU per delivery is what to read (and `--history off` cannot be compared this way at all).
 set -euo pipefail
 
 OLD=$1; NEW=$2; LOAD=$3; TIMES=${4:-3}
@@ -17,7 +18,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-# Starts BINARY on CPU 1, runs the load on CPU 0, writes deliveries/s to OUT.
+# Starts BINARY on CPU 1, runs the load on CPU 0, writes deliveries/s and CPU ns per delivery to OUT.
 run() {
     local binary=$1 out=$2 data
     data=$(mktemp -d -p "$WORK")
@@ -27,8 +28,8 @@ run() {
     for _ in $(seq 100); do grep -q "listening irc" "$data/log" && break; sleep 0.1; done
     local port
     port=$(grep -o "irc://127.0.0.1:[0-9]*" "$data/log" | head -1 | cut -d: -f3)
-    taskset -c 0 "$NEW" load --port "$port" --protocol irc $LOAD --no-progress --timeout 300 | tail -1 \
-        | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["deliveries_per_second"])' > "$out"
+    taskset -c 0 "$NEW" load --port "$port" --protocol irc --server-pid "$pid" $LOAD --no-progress --timeout 300 | tail -1 \
+        | python3 -c 'import json,sys; r = json.loads(sys.stdin.read()); print(r["deliveries_per_second"], 1e9 * r["server_cpu_seconds"] / max(1, r["delivered"]))' > "$out"
     kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
@@ -36,6 +37,8 @@ for round in $(seq "$TIMES"); do
     run "$OLD" "$WORK/old" & first=$!
     run "$NEW" "$WORK/new" & second=$!
     wait "$first" "$second"
-    python3 -c 'import sys; o, n = float(open(sys.argv[1]).read()), float(open(sys.argv[2]).read()); print("run %s: old %.0f new %.0f new/old %.3f" % (sys.argv[3], o, n, n / o))' \
+    python3 -c 'import sys
+(o, oc), (n, nc) = [map(float, open(f).read().split()) for f in sys.argv[1:3]]
+print("run %s: deliveries/s old %.0f new %.0f new/old %.3f; CPU ns/delivery old %.0f new %.0f new/old %.3f" % (sys.argv[3], o, n, n / o, oc, nc, nc / oc))' \
         "$WORK/old" "$WORK/new" "$round"
 done
