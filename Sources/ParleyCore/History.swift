@@ -152,8 +152,11 @@ public struct HistoryRange: Sendable, Equatable {
 /// only this protocol; SQLite is one implementation.
 public protocol MessageLog: Sendable {
     /// Queues a message. `committed` runs once the transaction that holds it has committed (true) or
-    /// failed (false), in the order messages were queued: on `publisher` when given (the callbacks of
-    /// one transaction for one publisher in one task), on the log's writer thread otherwise.
+    /// failed (false): on `publisher` when given (the callbacks of one transaction for one publisher in
+    /// one task), on the log's writer thread otherwise. Room messages are reported in the order they
+    /// were queued, direct messages too, and both after the marks, claims and barriers queued before
+    /// them; a room message and a direct message queued between the same two of those may be reported
+    /// in either order (they never share a target).
     func append(_ message: LoggedMessage, publisher: PublishQueue?, committed: @escaping @Sendable (Bool) -> Void)
     /// Queues a room message that is its own callback: `entry.run` runs once the transaction that
     /// holds it has ended, on `entry.publisher` (or the writer thread without one), in queue order.
