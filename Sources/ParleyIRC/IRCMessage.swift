@@ -227,28 +227,37 @@ public struct IRCMessage: Equatable, Sendable, CustomStringConvertible {
         buffer.writeInteger(UInt8(ascii: " "))
     }
 
+    /// A CR, LF or NUL inside a parameter would end or corrupt the line for the reader: each is
+    /// written as a space (all three are ASCII, so the bytes tell).
+    static func breaksLine(_ byte: UInt8) -> Bool { byte == 0x0D || byte == 0x0A || byte == 0 }
+
+    /// Whether a last parameter needs its ':': empty, starting with one, or holding a space or a byte
+    /// that breaks the line (a space once written).
+    static func lastParamNeedsColon(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard let first = bytes.first, first != UInt8(ascii: ":") else { return true }
+        return bytes.contains { $0 == UInt8(ascii: " ") || breaksLine($0) }
+    }
+
     /// A space and the parameter; the `last` one gets its ':' when it needs one.
     static func write(param: String, last: Bool, to buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt8(ascii: " "))
         var param = param
         // One pass over the bytes (every chat line's text goes through here once per format).
         param.withUTF8 { bytes in
-            // A CR, LF or NUL inside a parameter would end or corrupt the line for the reader: each
-            // becomes a space (all three are ASCII, so the bytes tell).
             var breaksLine = false
             var hasSpace = false
             for byte in bytes {
-                switch byte {
-                case 0x0D, 0x0A, 0: breaksLine = true
-                case UInt8(ascii: " "): hasSpace = true
-                default: break
+                if Self.breaksLine(byte) {
+                    breaksLine = true
+                } else if byte == UInt8(ascii: " ") {
+                    hasSpace = true
                 }
             }
             if last && (bytes.isEmpty || bytes.first == UInt8(ascii: ":") || breaksLine || hasSpace) {
                 buffer.writeInteger(UInt8(ascii: ":"))
             }
             if breaksLine {
-                buffer.writeBytes(bytes.map { $0 == 0x0D || $0 == 0x0A || $0 == 0 ? UInt8(ascii: " ") : $0 })
+                buffer.writeBytes(bytes.map { Self.breaksLine($0) ? UInt8(ascii: " ") : $0 })
             } else {
                 buffer.writeBytes(UnsafeRawBufferPointer(bytes))
             }
