@@ -13,6 +13,8 @@
 # CPU per delivery is what to read (and `--history off` cannot be compared this way at all).
 set -euo pipefail
 
+# PROTOCOL=line measures the line door instead of the IRC door.
+PROTOCOL=${PROTOCOL:-irc}
 OLD=$1; NEW=$2; LOAD=$3; TIMES=${4:-3}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 WORK=$(mktemp -d)
@@ -23,12 +25,12 @@ run() {
     local binary=$1 out=$2 data
     data=$(mktemp -d -p "$WORK")
     taskset -c 1 "$binary" serve --data-dir "$data" --no-console --threads 1 --flood-rate 0 \
-        --listen irc://127.0.0.1:0 > "$data/log" 2>&1 &
+        --listen "$PROTOCOL://127.0.0.1:0" > "$data/log" 2>&1 &
     local pid=$!
-    for _ in $(seq 100); do grep -q "listening irc" "$data/log" && break; sleep 0.1; done
+    for _ in $(seq 100); do grep -q "listening $PROTOCOL" "$data/log" && break; sleep 0.1; done
     local port
-    port=$(grep -o "irc://127.0.0.1:[0-9]*" "$data/log" | head -1 | cut -d: -f3)
-    taskset -c 0 "$NEW" load --port "$port" --protocol irc --server-pid "$pid" $LOAD --no-progress --timeout 300 | tail -1 \
+    port=$(grep -o "$PROTOCOL://127.0.0.1:[0-9]*" "$data/log" | head -1 | cut -d: -f3)
+    taskset -c 0 "$NEW" load --port "$port" --protocol "$PROTOCOL" --server-pid "$pid" $LOAD --no-progress --timeout 300 | tail -1 \
         | python3 -c 'import json,sys; r = json.loads(sys.stdin.read()); print(r["deliveries_per_second"], 1e9 * r["server_cpu_seconds"] / max(1, r["delivered"]))' > "$out"
     kill "$pid"; wait "$pid" 2>/dev/null || true
 }

@@ -94,8 +94,7 @@ public final class IRCFormat: WireFormat {
     }
 
     /// `chatLine` without tags (what most clients get): its length is known up front, so the line is
-    /// written in one pass through a pointer rather than a dozen `ByteBuffer` writes, each with its
-    /// own capacity and uniqueness checks.
+    /// written in one pass (`LineWriter`).
     static func plainChatLine(from speaker: Speaker, command: StaticString, to target: String, text: String) -> ByteBuffer {
         var (name, user, host, target, text) = (speaker.name, speaker.user, speaker.host, target, text)
         return name.withUTF8 { name in user.withUTF8 { user in host.withUTF8 { host in
@@ -103,9 +102,7 @@ public final class IRCFormat: WireFormat {
                 let colon = IRCMessage.lastParamNeedsColon(text)
                 let length = 1 + name.count + 1 + user.count + 1 + host.count + 1 + command.utf8CodeUnitCount
                     + 1 + target.count + 1 + (colon ? 1 : 0) + text.count + 2
-                var buffer = ByteBufferAllocator().buffer(capacity: length)
-                buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { out in
-                    var line = LineWriter(out: out)
+                return LineWriter.buffer(length: length) { line in
                     line.byte(UInt8(ascii: ":"))
                     line.bytes(name)
                     line.byte(UInt8(ascii: "!"))
@@ -113,44 +110,16 @@ public final class IRCFormat: WireFormat {
                     line.byte(UInt8(ascii: "@"))
                     line.bytes(host)
                     line.byte(UInt8(ascii: " "))
-                    line.bytes(UnsafeBufferPointer(start: command.utf8Start, count: command.utf8CodeUnitCount))
+                    line.bytes(command)
                     line.byte(UInt8(ascii: " "))
-                    line.param(target)
+                    line.bytes(target, replacing: IRCMessage.breaksLine, with: UInt8(ascii: " "))
                     line.byte(UInt8(ascii: " "))
                     if colon { line.byte(UInt8(ascii: ":")) }
-                    line.param(text)
-                    line.byte(UInt8(ascii: "\r"))
-                    line.byte(UInt8(ascii: "\n"))
-                    return line.at
+                    line.bytes(text, replacing: IRCMessage.breaksLine, with: UInt8(ascii: " "))
+                    line.bytes("\r\n")
                 }
-                return buffer
             } }
         } } }
-    }
-
-    /// Writes a line's bytes into room made for them (`plainChatLine`).
-    private struct LineWriter {
-        let out: UnsafeMutableRawBufferPointer
-        var at = 0
-
-        mutating func byte(_ value: UInt8) {
-            out[at] = value
-            at += 1
-        }
-
-        mutating func bytes(_ bytes: UnsafeBufferPointer<UInt8>) {
-            UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + bytes.count)]).copyMemory(from: UnsafeRawBufferPointer(bytes))
-            at += bytes.count
-        }
-
-        /// A parameter, with each CR, LF or NUL (which would end or corrupt the line) as a space.
-        mutating func param(_ bytes: UnsafeBufferPointer<UInt8>) {
-            let start = at
-            self.bytes(bytes)
-            for index in start..<at where IRCMessage.breaksLine(out[index]) {
-                out[index] = UInt8(ascii: " ")
-            }
-        }
     }
 
     /// A line's tags for this client's capabilities, in the order IRCv3 clients see them: time,

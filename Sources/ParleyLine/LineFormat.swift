@@ -11,20 +11,23 @@ public final class LineFormat: WireFormat {
         return Self.text(of: event).map { ByteBuffer(string: $0 + "\n") }
     }
 
-    /// A room message's line, as `text(of:)` words it, written straight into one buffer: this runs for
-    /// every message, and building the string, then a buffer from it, was five allocations.
+    /// A room message's line, as `text(of:)` words it, written straight into one buffer in one pass
+    /// (`LineWriter`): this runs for every message, and building the string, then a buffer from it,
+    /// was five allocations.
     static func chatLine(_ message: RoomMessage) -> ByteBuffer {
         let action = message.kind == .action
-        var buffer = ByteBufferAllocator().buffer(capacity: message.room.utf8.count + message.sender.name.utf8.count
-                                                  + message.text.utf8.count + 12)
-        buffer.writeStaticString(action ? "ACTION " : "MSG ")
-        buffer.writeString(message.room)
-        buffer.writeInteger(UInt8(ascii: " "))
-        buffer.writeString(message.sender.name)
-        buffer.writeStaticString(action ? " " : ": ")
-        buffer.writeString(message.text)
-        buffer.writeInteger(UInt8(ascii: "\n"))
-        return buffer
+        var (room, name, text) = (message.room, message.sender.name, message.text)
+        return room.withUTF8 { room in name.withUTF8 { name in text.withUTF8 { text in
+            LineWriter.buffer(length: (action ? 7 : 4) + room.count + 1 + name.count + (action ? 1 : 2) + text.count + 1) { line in
+                line.bytes(action ? "ACTION " : "MSG ")
+                line.bytes(room)
+                line.byte(UInt8(ascii: " "))
+                line.bytes(name)
+                line.bytes(action ? " " : ": ")
+                line.bytes(text)
+                line.byte(UInt8(ascii: "\n"))
+            }
+        } } }
     }
 
     /// nil for events the line protocol does not show (away and account changes of others).
