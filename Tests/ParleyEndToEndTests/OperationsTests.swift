@@ -139,6 +139,24 @@ extension ParleyProcess {
         }
     }
 
+    #if os(Linux)
+    /// The server runs itself again with glibc's larger cache of freed blocks (the same process), and
+    /// serves as before.
+    @Test func theServerRunsWithALargerMallocCache() async throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let server = try ParleyProcess.server(directory: directory)
+        let port = try await server.port()
+        let environment = try String(decoding: Data(contentsOf: URL(fileURLWithPath: "/proc/\(server.process.processIdentifier)/environ")), as: UTF8.self)
+        let tunables = environment.split(separator: "\0").first { $0.hasPrefix("GLIBC_TUNABLES=") }
+        #expect(tunables?.contains("glibc.malloc.tcache_count=") == true)
+        let client = try await LineClient.connect(host: "127.0.0.1", port: port)
+        _ = try await client.expect(prefix: "WELCOME ")
+        kill(server.process.processIdentifier, SIGTERM)
+        #expect(try await server.exitStatus() == 0)
+    }
+    #endif
+
     @Test func endOfStdinStopsOnlyTheConsole() async throws {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
