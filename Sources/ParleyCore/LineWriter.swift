@@ -30,9 +30,13 @@ public struct LineWriter {
         at += 1
     }
 
-    @inlinable public mutating func bytes(_ bytes: UnsafeBufferPointer<UInt8>) {
-        UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + bytes.count)]).copyMemory(from: UnsafeRawBufferPointer(bytes))
+    @inlinable public mutating func bytes(_ bytes: UnsafeRawBufferPointer) {
+        UnsafeMutableRawBufferPointer(rebasing: out[at..<(at + bytes.count)]).copyMemory(from: bytes)
         at += bytes.count
+    }
+
+    @inlinable public mutating func bytes(_ bytes: UnsafeBufferPointer<UInt8>) {
+        self.bytes(UnsafeRawBufferPointer(bytes))
     }
 
     @inlinable public mutating func bytes(_ text: StaticString) {

@@ -62,47 +62,27 @@ public final class IRCFormat: WireFormat {
 
     /// What `message(for:)` and `wireLine` make of a live chat message, written straight into one
     /// buffer: this runs once per format for every message, and building the `IRCMessage` on the way
-    /// (a mask string, a parameter array) was a tenth of the loop's time in the rooms benchmark.
+    /// (a mask string, a parameter array) was a tenth of the loop's time in the rooms benchmark. The
+    /// line's length is known before it is written, so it is written in one pass (`LineWriter`): a
+    /// dozen `ByteBuffer` writes were half of rendering.
     func chatLine(from speaker: Speaker, to target: String, text: String, kind: MessageKind, tags: [IRCMessage.Tag]) -> ByteBuffer? {
         if kind == .tagOnly && !options.messageTags { return nil }
-        if tags.isEmpty, kind == .say || kind == .notice {
-            return Self.plainChatLine(from: speaker, command: kind == .say ? "PRIVMSG" : "NOTICE", to: target, text: text)
-        }
-        var buffer = ByteBuffer()
-        buffer.reserveCapacity(speaker.name.utf8.count + speaker.user.utf8.count + speaker.host.utf8.count
-                               + target.utf8.count + text.utf8.count + (tags.isEmpty ? 24 : 160))
-        IRCMessage.write(tags: tags, to: &buffer)
-        buffer.writeInteger(UInt8(ascii: ":"))
-        buffer.writeString(speaker.name)
-        buffer.writeInteger(UInt8(ascii: "!"))
-        buffer.writeString(speaker.user)
-        buffer.writeInteger(UInt8(ascii: "@"))
-        buffer.writeString(speaker.host)
-        switch kind {
-        case .say, .action: buffer.writeStaticString(" PRIVMSG")
-        case .notice: buffer.writeStaticString(" NOTICE")
-        case .tagOnly: buffer.writeStaticString(" TAGMSG")
-        }
-        IRCMessage.write(param: target, last: kind == .tagOnly, to: &buffer)
-        switch kind {
-        case .say, .notice: IRCMessage.write(param: text, last: true, to: &buffer)
-        case .action: IRCMessage.write(param: Self.action(text), last: true, to: &buffer)
-        case .tagOnly: break
-        }
-        buffer.writeStaticString("\r\n")
-        return buffer
-    }
-
-    /// `chatLine` without tags (what most clients get): its length is known up front, so the line is
-    /// written in one pass (`LineWriter`).
-    static func plainChatLine(from speaker: Speaker, command: StaticString, to target: String, text: String) -> ByteBuffer {
-        var (name, user, host, target, text) = (speaker.name, speaker.user, speaker.host, target, text)
-        return name.withUTF8 { name in user.withUTF8 { user in host.withUTF8 { host in
+        // Tags (rare: only for clients that ask) are written the general way, then copied in.
+        var tagged = ByteBuffer()
+        IRCMessage.write(tags: tags, to: &tagged)
+        let command: StaticString = kind == .notice ? "NOTICE" : kind == .tagOnly ? "TAGMSG" : "PRIVMSG"
+        let hasText = kind != .tagOnly
+        var (name, user, host, target, text) = (speaker.name, speaker.user, speaker.host, target,
+                                                kind == .action ? Self.action(text) : text)
+        return tagged.withUnsafeReadableBytes { tags in name.withUTF8 { name in user.withUTF8 { user in host.withUTF8 { host in
             target.withUTF8 { target in text.withUTF8 { text in
-                let colon = IRCMessage.lastParamNeedsColon(text)
-                let length = 1 + name.count + 1 + user.count + 1 + host.count + 1 + command.utf8CodeUnitCount
-                    + 1 + target.count + 1 + (colon ? 1 : 0) + text.count + 2
+                // The last parameter (the text, or the target of a TAGMSG) gets its ':' when it needs one.
+                let targetColon = !hasText && IRCMessage.lastParamNeedsColon(target)
+                let textColon = hasText && IRCMessage.lastParamNeedsColon(text)
+                let length = tags.count + 1 + name.count + 1 + user.count + 1 + host.count + 1 + command.utf8CodeUnitCount
+                    + 1 + (targetColon ? 1 : 0) + target.count + (hasText ? 1 + (textColon ? 1 : 0) + text.count : 0) + 2
                 return LineWriter.buffer(length: length) { line in
+                    line.bytes(tags)
                     line.byte(UInt8(ascii: ":"))
                     line.bytes(name)
                     line.byte(UInt8(ascii: "!"))
@@ -112,14 +92,17 @@ public final class IRCFormat: WireFormat {
                     line.byte(UInt8(ascii: " "))
                     line.bytes(command)
                     line.byte(UInt8(ascii: " "))
+                    if targetColon { line.byte(UInt8(ascii: ":")) }
                     line.bytes(target, replacing: IRCMessage.breaksLine, with: UInt8(ascii: " "))
-                    line.byte(UInt8(ascii: " "))
-                    if colon { line.byte(UInt8(ascii: ":")) }
-                    line.bytes(text, replacing: IRCMessage.breaksLine, with: UInt8(ascii: " "))
+                    if hasText {
+                        line.byte(UInt8(ascii: " "))
+                        if textColon { line.byte(UInt8(ascii: ":")) }
+                        line.bytes(text, replacing: IRCMessage.breaksLine, with: UInt8(ascii: " "))
+                    }
                     line.bytes("\r\n")
                 }
             } }
-        } } }
+        } } } }
     }
 
     /// A line's tags for this client's capabilities, in the order IRCv3 clients see them: time,
