@@ -242,21 +242,11 @@ public struct IRCMessage: Equatable, Sendable, CustomStringConvertible {
     static func write(param: String, last: Bool, to buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt8(ascii: " "))
         var param = param
-        // One pass over the bytes (every chat line's text goes through here once per format).
         param.withUTF8 { bytes in
-            var breaksLine = false
-            var hasSpace = false
-            for byte in bytes {
-                if Self.breaksLine(byte) {
-                    breaksLine = true
-                } else if byte == UInt8(ascii: " ") {
-                    hasSpace = true
-                }
-            }
-            if last && (bytes.isEmpty || bytes.first == UInt8(ascii: ":") || breaksLine || hasSpace) {
+            if last && Self.lastParamNeedsColon(bytes) {
                 buffer.writeInteger(UInt8(ascii: ":"))
             }
-            if breaksLine {
+            if bytes.contains(where: Self.breaksLine) {
                 buffer.writeBytes(bytes.map { Self.breaksLine($0) ? UInt8(ascii: " ") : $0 })
             } else {
                 buffer.writeBytes(UnsafeRawBufferPointer(bytes))
