@@ -26,7 +26,7 @@ let package = Package(
     targets: [
         .target(
             name: "ParleyCore",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["CMemoryHints", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: strict
         ),
         .target(
@@ -72,6 +72,8 @@ let package = Package(
         ),
         // mallopt, which Swift's Glibc module does not export.
         .target(name: "CHeapTuning"),
+        // Cache prefetch hints (`__builtin_prefetch`), which Swift does not expose.
+        .target(name: "CMemoryHints"),
         .executableTarget(
             name: "parley",
             dependencies: [

@@ -620,6 +620,7 @@ public final class Hub: Sendable {
         let sender: Session
         let echo: Bool
         let then: PublishedHandler<RoomMessage>?
+        let firstReads: ColdReads
         var room: String { loggedIn.name }
         var publisher: PublishQueue? { loggedIn.recent.publisher }
 
@@ -632,6 +633,15 @@ public final class Hub: Sendable {
             self.sender = sender
             self.echo = echo
             self.then = then
+            // Publishing reads the message, its text (rendering), the sender and its sink (the echo),
+            // and what the sender's callback captured.
+            var reads = ColdReads()
+            reads.add(message)
+            reads.add(storageOf: message.text)
+            reads.add(sender)
+            reads.add(sender.sink)
+            if let then { reads.add(contextOf: then) }
+            firstReads = reads
         }
 
         func run(committed: Bool) {

@@ -121,4 +121,40 @@ import Testing
         #expect((0..<5).compactMap { _ in backlog.popFirst() } == ["b1", "b2", "c1", "c2", "a2"])
         #expect(backlog.isEmpty)
     }
+
+    /// A pass asks the cache for the next item's memory while it runs one: the hint must name the
+    /// item the backlog gives next, across the end of a room's visit too.
+    @Test func theHintIsForTheItemTakenNext() {
+        let works = ["#a", "#a", "#b", "#c"].map { room in Work(room: room) { _ in } }
+        var backlog = RoomBacklog<PublishQueue.Item>()
+        for work in works { backlog.append(PublishQueue.Item(work: work, committed: true), room: work.room) }
+        func address(_ work: any CommittedWork) -> UInt { UInt(bitPattern: Unmanaged<AnyObject>.passUnretained(work).toOpaque()) }
+        var taken: [UInt] = []
+        var hinted: [UInt] = [backlog.firstReadsOfFirst?.addresses.last ?? 0]
+        while let item = backlog.popFirst() {
+            taken.append(address(item.work))
+            hinted.append(backlog.firstReadsOfFirst?.addresses.last ?? 0)
+        }
+        #expect(taken == works.map(address))
+        // The hint before each pop is the work popped; after the last, there is none.
+        #expect(hinted == taken + [0])
+    }
+
+    @Test func coldReadsNameWhatIsOutsideTheirHolder() {
+        var reads = ColdReads()
+        // Up to 15 UTF-8 bytes a string is inline: nothing to fetch.
+        reads.add(storageOf: "short")
+        #expect(reads.addresses.isEmpty)
+        reads.add(storageOf: String(repeating: "long text ", count: 3))
+        #expect(reads.addresses.count == 1)
+        // A closure that captures nothing has no context; one that captures a value has one.
+        reads.add(contextOf: { _ in })
+        #expect(reads.addresses.count == 1)
+        let flag = Flag()
+        reads.add(contextOf: { _ in flag.set() })
+        #expect(reads.addresses.count == 2 && reads.addresses[1] != 0)
+        // Six at most; more are dropped.
+        for _ in 0..<10 { reads.add(flag) }
+        #expect(reads.addresses.count == 6)
+    }
 }
