@@ -13,8 +13,12 @@
 # CPU per delivery is what to read (and `--history off` cannot be compared this way at all).
 set -euo pipefail
 
-# PROTOCOL=line measures the line door instead of the IRC door.
+# PROTOCOL=line measures the line door instead of the IRC door. OLD_PROTOCOL and NEW_PROTOCOL set
+# each side's door apart, to weigh the two doors of one build against each other:
+#   OLD_PROTOCOL=irc NEW_PROTOCOL=line bench/simultaneous.sh BIN BIN "--scenario fanout ..."
 PROTOCOL=${PROTOCOL:-irc}
+OLD_PROTOCOL=${OLD_PROTOCOL:-$PROTOCOL}
+NEW_PROTOCOL=${NEW_PROTOCOL:-$PROTOCOL}
 OLD=$1; NEW=$2; LOAD=$3; TIMES=${4:-3}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 WORK=$(mktemp -d)
@@ -22,7 +26,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 # Starts BINARY on CPU 1, runs the load on CPU 0, writes deliveries/s and CPU ns per delivery to OUT.
 run() {
-    local binary=$1 out=$2 data
+    local binary=$1 out=$2 PROTOCOL=$3 data
     data=$(mktemp -d -p "$WORK")
     taskset -c 1 "$binary" serve --data-dir "$data" --no-console --threads 1 --flood-rate 0 \
         --listen "$PROTOCOL://127.0.0.1:0" > "$data/log" 2>&1 &
@@ -36,8 +40,8 @@ run() {
 }
 
 for round in $(seq "$TIMES"); do
-    run "$OLD" "$WORK/old" & first=$!
-    run "$NEW" "$WORK/new" & second=$!
+    run "$OLD" "$WORK/old" "$OLD_PROTOCOL" & first=$!
+    run "$NEW" "$WORK/new" "$NEW_PROTOCOL" & second=$!
     wait "$first" "$second"
     python3 -c 'import sys
 (o, oc), (n, nc) = [map(float, open(f).read().split()) for f in sys.argv[1:3]]
