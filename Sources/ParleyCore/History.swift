@@ -294,13 +294,18 @@ public struct ColdReads: Sendable {
         count += 1
     }
 
+    /// Starts fetching an object's first cache lines, for a read of it soon after.
+    public static func prefetch(_ object: AnyObject) {
+        parley_prefetch(UInt(bitPattern: Unmanaged.passUnretained(object).toOpaque()), 3)
+    }
+
     /// The places, in the order they were added (tests).
     var addresses: [UInt] {
         Array([reads.0, reads.1, reads.2, reads.3, reads.4, reads.5].prefix(count))
     }
 
     /// Starts the fetches (three cache lines from each place) and returns at once.
-    func prefetch() {
+    public func prefetch() {
         parley_prefetch(reads.0, 3)
         parley_prefetch(reads.1, 3)
         parley_prefetch(reads.2, 3)

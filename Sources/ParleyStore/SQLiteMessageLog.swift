@@ -90,6 +90,11 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
             var (nextRoom, nextDirect) = (0, 0)
             func messages(upTo end: (rooms: Int, directs: Int)) throws {
                 while nextRoom < end.rooms {
+                    // The loop made these entries a transaction ago and has run since: they are out of
+                    // the cache. Fetch two ahead the entry, one ahead what it points to (its message
+                    // and text, which the encoding reads).
+                    if nextRoom + 2 < rooms.count { ColdReads.prefetch(rooms[nextRoom + 2]) }
+                    if nextRoom + 1 < rooms.count { rooms[nextRoom + 1].firstReads.prefetch() }
                     try room(rooms[nextRoom])
                     nextRoom += 1
                 }
