@@ -294,9 +294,11 @@ public struct ColdReads: Sendable {
         count += 1
     }
 
-    /// Starts fetching an object's first cache lines, for a read of it soon after.
-    public static func prefetch(_ object: AnyObject) {
-        parley_prefetch(UInt(bitPattern: Unmanaged.passUnretained(object).toOpaque()), 3)
+    /// A work's first reads and the work object itself.
+    public static func of(_ work: any CommittedWork) -> ColdReads {
+        var reads = work.firstReads
+        reads.add(work)
+        return reads
     }
 
     /// The places, in the order they were added (tests).
@@ -364,9 +366,7 @@ public final class PublishQueue: Sendable {
         init(work: any CommittedWork, committed: Bool) {
             self.work = work
             self.committed = committed
-            var reads = work.firstReads
-            reads.add(work)
-            firstReads = reads
+            firstReads = ColdReads.of(work)
         }
     }
 

@@ -67,6 +67,9 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
     /// and reported independently: only the other jobs keep their place among them.
     struct Queued {
         var rooms: [any RoomLogEntry] = []
+        /// Each room entry's first reads (`ColdReads.of`), taken when it was queued (on the loop, with
+        /// the entry in the cache), so the writer can fetch the entries ahead without touching them.
+        var roomReads: [ColdReads] = []
         var directs: [Append] = []
         /// Each with how many messages of each kind were queued before it: it comes after those.
         var others: [(rooms: Int, directs: Int, job: Job)] = []
@@ -81,6 +84,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
 
         mutating func removeAll() {
             rooms.removeAll(keepingCapacity: true)
+            roomReads.removeAll(keepingCapacity: true)
             directs.removeAll(keepingCapacity: true)
             others.removeAll(keepingCapacity: true)
         }
@@ -91,10 +95,9 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
             func messages(upTo end: (rooms: Int, directs: Int)) throws {
                 while nextRoom < end.rooms {
                     // The loop made these entries a transaction ago and has run since: they are out of
-                    // the cache. Fetch two ahead the entry, one ahead what it points to (its message
-                    // and text, which the encoding reads).
-                    if nextRoom + 2 < rooms.count { ColdReads.prefetch(rooms[nextRoom + 2]) }
-                    if nextRoom + 1 < rooms.count { rooms[nextRoom + 1].firstReads.prefetch() }
+                    // the cache. Fetch a few ahead the entry and what it points to (its message and
+                    // text, which the encoding reads).
+                    if nextRoom + 4 < roomReads.count { roomReads[nextRoom + 4].prefetch() }
                     try room(rooms[nextRoom])
                     nextRoom += 1
                 }
@@ -167,7 +170,11 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
 
     public func append(_ entry: any RoomLogEntry) {
         guard !stopped.load(ordering: .relaxed) else { return entry.run(committed: false) }
-        enqueue { $0.rooms.append(entry) }
+        let reads = ColdReads.of(entry)
+        enqueue { queued in
+            queued.rooms.append(entry)
+            queued.roomReads.append(reads)
+        }
     }
 
     /// The threads that append (the server's event loops): a batch stops waiting to grow once all of
