@@ -196,7 +196,9 @@ public final class Hub: Sendable {
     public func connect(door: String, address: String, sink: any SessionSink, name: String?, user: String?,
                         realName: String? = nil, account: String? = nil, joinLobby: Bool) throws(HubError) -> Session {
         let id = nextSessionID.wrappingAdd(1, ordering: .relaxed).oldValue
-        let session = Session(id: id, name: name ?? newGuestName(), user: user, door: door, address: address, sink: sink)
+        let loopID = ObjectIdentifier(sink.eventLoop)
+        let turn = publishers.first { ObjectIdentifier($0.turn.loop) == loopID }?.turn
+        let session = Session(id: id, name: name ?? newGuestName(), user: user, door: door, address: address, sink: sink, turn: turn)
         session.state.withLock {
             $0.account = account
             $0.realName = realName
@@ -257,7 +259,7 @@ public final class Hub: Sendable {
     public func drop(_ session: Session, _ reason: GoodbyeReason) {
         let sink = session.sink
         let bytes = sink.format.render(.goodbye(reason))
-        sink.eventLoop.execute { sink.disconnect(finalBytes: bytes) }
+        hubTask(on: session) { sink.disconnect(finalBytes: bytes) }
     }
 
     public func session(id: Int) -> Session? {
@@ -665,12 +667,14 @@ public final class Hub: Sendable {
         defer { loggedIn.settleOne() }
         /// Publishes in `room` unless it has closed.
         func publishIfOpen(_ room: Room) -> Bool {
-            room.state.withLock { state -> Bool in
-                if state.closed { return false }
+            let (open, local) = room.state.withLock { state -> (Bool, LocalDelivery?) in
+                if state.closed { return (false, nil) }
                 room.recent.append(message)
-                deliverToRoom(message, &state, sender: sender, echo: echo, then: then)
-                return true
+                return (true, deliverToRoom(message, &state, sender: sender, echo: echo, then: then, allowLocal: true))
             }
+            // Outside the room's lock: `then` may run a command the door held, which may lock it.
+            local?.run()
+            return open
         }
         // Usually the room is still open, and then it is the registry's (a room is closed and removed
         // together): published without the registry's lock and lookup.
@@ -684,7 +688,7 @@ public final class Hub: Sendable {
                 return nil
             }
             guard let room else {
-                if let after = completion(then, message) { sender.sink.eventLoop.execute(after) }
+                if let after = completion(then, message) { hubTask(on: sender, after) }
                 return
             }
             if publishIfOpen(room) { return }
@@ -700,7 +704,7 @@ public final class Hub: Sendable {
     /// failure reaches the sender as a `refused` event.
     private func report<Message: Sendable>(_ result: Result<Message, HubError>, to session: Session, _ then: PublishedHandler<Message>?) {
         if let then {
-            session.sink.eventLoop.execute { then(result) }
+            hubTask(on: session) { then(result) }
         } else if case .failure(let error) = result {
             deliver(.refused(error), to: [session])
         }
@@ -782,7 +786,7 @@ public final class Hub: Sendable {
             if echo {
                 deliver(.direct(echoed), to: [session], then: after)
             } else if let after {
-                session.sink.eventLoop.execute(after)
+                hubTask(on: session, after)
             }
             // Everyone it was for left before it could be handed over: keep it for the account.
             if present.isEmpty, let account = recipients.first?.account { log?.markPending(serial: message.serial, account: NameRules.key(account)) }
@@ -812,7 +816,7 @@ public final class Hub: Sendable {
             if echo {
                 deliver(.direct(echoed), to: [session], then: after)
             } else if let after {
-                session.sink.eventLoop.execute(after)
+                hubTask(on: session, after)
             }
         }
     }
@@ -1133,13 +1137,20 @@ public final class Hub: Sendable {
     /// A sender outside the room (a room without +n) takes the general path.
     /// `then` is called by the task itself, not wrapped in a closure that calls it with the message:
     /// one allocation less per message.
+    ///
+    /// `allowLocal` (the publishing pass, on its loop): the copies for this loop's members are not
+    /// queued as a task when no task of the hub's waits on this loop (`NextTurn.hubIsCaughtUpHere`),
+    /// since nothing the hub sent them earlier can still be in the queue; they are returned, for the
+    /// caller to hand over once it has let go of the room's lock. A task a message cost about 200 ns
+    /// (its closure, the queue, its destruction), a twentieth of the loop's time in rooms.
+    @discardableResult
     func deliverToRoom(_ message: RoomMessage, _ state: inout Room.State, sender: Session, echo: Bool,
-                       then: PublishedHandler<RoomMessage>?) {
+                       then: PublishedHandler<RoomMessage>?, allowLocal: Bool = false) -> LocalDelivery? {
         let event = HubEvent.message(message)
         let plan = FanOutPlan.current(for: &state)
         guard plan.includes(sender) else {
             deliver(event, to: state.members, last: sender, deliverLast: echo, then: completion(then, message))
-            return
+            return nil
         }
         let copies = Renderings(plan.formats, rendering: event)
         let echoCopy = echo && sender.receivesOwnMessages
@@ -1150,16 +1161,44 @@ public final class Hub: Sendable {
         // The sender's loop goes last, so its echo is submitted after every other copy.
         // The tasks hold the plan (a class) and find their batch by index: capturing a batch (a
         // struct of four arrays and a loop) cost a retain and a release of each, every message.
+        var local: LocalDelivery?
         for index in plan.batches.indices where plan.batches[index].loopID != sender.loopID {
-            plan.batches[index].loop.execute { plan.batches[index].deliver(copies, except: senderSink, echo: false) }
+            let turn = plan.batches[index].turn
+            if allowLocal, let turn, turn.hubIsCaughtUpHere {
+                local = LocalDelivery(plan: plan, index: index, copies: copies, except: senderSink, echo: false, then: nil, message: message)
+                continue
+            }
+            turn?.hubTaskQueued()
+            plan.batches[index].loop.execute {
+                plan.batches[index].deliver(copies, except: senderSink, echo: false)
+                turn?.hubTaskRan()
+            }
         }
         for index in plan.batches.indices where plan.batches[index].loopID == sender.loopID {
+            let turn = plan.batches[index].turn
+            if allowLocal, let turn, turn.hubIsCaughtUpHere {
+                local = LocalDelivery(plan: plan, index: index, copies: copies, except: senderSink, echo: echoCopy, then: then, message: message)
+                continue
+            }
+            turn?.hubTaskQueued()
             plan.batches[index].loop.execute {
                 plan.batches[index].deliver(copies, except: senderSink, echo: echoCopy)
                 then?(.success(message))
+                turn?.hubTaskRan()
             }
         }
         counters.deliveries.add(count, ordering: .relaxed)
+        return local
+    }
+
+    /// Queues `body` on `session`'s loop as a task of the hub's (counted by the loop's turn).
+    private func hubTask(on session: Session, _ body: @escaping @Sendable () -> Void) {
+        guard let turn = session.turn else { return session.loop.execute(body) }
+        turn.hubTaskQueued()
+        session.loop.execute {
+            body()
+            turn.hubTaskRan()
+        }
     }
 
     /// Hands an event to recipients: rendered once per wire format, one task per event loop,
@@ -1201,7 +1240,8 @@ public final class Hub: Sendable {
         }
         // `then` rides on the last batch when that is its loop's; otherwise (an IRC sender without
         // echo-message gets no copy) it is a task of its own on that loop, after the batches.
-        let thenLoop = (last ?? recipients.first)?.loop
+        let thenSession = last ?? recipients.first
+        let thenLoop = thenSession?.loop
         var rideAlong = false
         if then != nil, let thenLoop, let lastBatch = batches.last {
             rideAlong = lastBatch.loopID == ObjectIdentifier(thenLoop)
@@ -1210,13 +1250,15 @@ public final class Hub: Sendable {
         let copies = rendered
         for (index, batch) in batches.enumerated() {
             let after = rideAlong && index == batches.count - 1 ? then : nil
+            batch.turn?.hubTaskQueued()
             batch.loop.execute {
                 batch.deliver(copies)
                 after?()
+                batch.turn?.hubTaskRan()
             }
         }
         if let then, !rideAlong {
-            if let thenLoop { thenLoop.execute(then) } else { then() }
+            if let thenSession { hubTask(on: thenSession, then) } else { then() }
         }
         counters.deliveries.add(count, ordering: .relaxed)
     }
@@ -1226,6 +1268,8 @@ public final class Hub: Sendable {
 struct DeliveryBatch: Sendable {
     let loop: any EventLoop
     let loopID: ObjectIdentifier
+    /// The loop's turn, which counts the hub's tasks there (nil outside the hub's loops: tests).
+    let turn: NextTurn?
     private(set) var sinks: [any SessionSink] = []
     /// The same sinks where they are `ChannelSink`s (the TCP doors'), unretained: a copy to one is a
     /// direct call, without the retain and release that calling through the existential costs (a
@@ -1235,9 +1279,10 @@ struct DeliveryBatch: Sendable {
     private var channelSinks: [Unmanaged<ChannelSink>?] = []
     private(set) var formats: [UInt8] = []
 
-    init(loop: any EventLoop, loopID: ObjectIdentifier, capacity: Int) {
+    init(loop: any EventLoop, loopID: ObjectIdentifier, turn: NextTurn?, capacity: Int) {
         self.loop = loop
         self.loopID = loopID
+        self.turn = turn
         sinks.reserveCapacity(capacity)
         channelSinks.reserveCapacity(capacity)
         formats.reserveCapacity(capacity)
@@ -1275,7 +1320,7 @@ struct DeliveryBatch: Sendable {
         if let index = batches.firstIndex(where: { $0.loopID == session.loopID }) {
             batches[index].append(session.sink, format)
         } else {
-            batches.append(DeliveryBatch(loop: session.loop, loopID: session.loopID, capacity: capacity))
+            batches.append(DeliveryBatch(loop: session.loop, loopID: session.loopID, turn: session.turn, capacity: capacity))
             batches[batches.count - 1].append(session.sink, format)
         }
     }
@@ -1319,6 +1364,23 @@ struct DeliveryBatch: Sendable {
 /// A room message rendered once per wire format of its room's plan, by format index (nil: that format
 /// shows nothing). One format, the usual case, needs no array: one made per message was an
 /// allocation per message.
+/// A room message's copies for the members on the publishing loop, handed over by the publisher
+/// itself once it has let go of the room's lock (`Hub.deliverToRoom`), then the sender's callback.
+struct LocalDelivery {
+    let plan: FanOutPlan
+    let index: Int
+    let copies: Renderings
+    let except: any SessionSink
+    let echo: Bool
+    let then: PublishedHandler<RoomMessage>?
+    let message: RoomMessage
+
+    func run() {
+        plan.batches[index].deliver(copies, except: except, echo: echo)
+        then?(.success(message))
+    }
+}
+
 enum Renderings: Sendable {
     case one(ByteBuffer?)
     case many([ByteBuffer?])

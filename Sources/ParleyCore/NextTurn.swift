@@ -1,4 +1,5 @@
 import NIOCore
+import Synchronization
 
 /// Work for an event loop's next turn: after the loop has polled its sockets again.
 ///
@@ -21,6 +22,27 @@ public final class NextTurn: @unchecked Sendable {
 
     public init(loop: any EventLoop) {
         self.loop = loop
+    }
+
+    // MARK: The hub's tasks
+
+    /// The hub's tasks queued on this loop and not yet run (deliveries, and door callbacks that
+    /// follow them). While none is waiting, a message published on this loop may be handed to this
+    /// loop's members at once, with nothing of the hub's that should come first still queued.
+    private let hubTasks = Atomic<Int>(0)
+
+    /// Counts a hub task about to be queued on this loop; the task calls `hubTaskRan` when it ends.
+    func hubTaskQueued() {
+        hubTasks.add(1, ordering: .relaxed)
+    }
+
+    func hubTaskRan() {
+        hubTasks.subtract(1, ordering: .releasing)
+    }
+
+    /// Whether the caller runs on this loop and no hub task waits in its queue.
+    var hubIsCaughtUpHere: Bool {
+        loop.inEventLoop && hubTasks.load(ordering: .acquiring) == 0
     }
 
     /// Runs `body` on the loop's next turn, after everything put off before it. Call on the loop.

@@ -58,6 +58,9 @@ public final class Session: Sendable {
     /// The sink's event loop, and its identity: the hub groups a message's copies by loop.
     let loop: any EventLoop
     let loopID: ObjectIdentifier
+    /// The loop's turn, which counts the hub's tasks queued there; nil for a loop the hub was not
+    /// given (tests).
+    let turn: NextTurn?
 
     struct State {
         var name: String
@@ -91,7 +94,7 @@ public final class Session: Sendable {
         for body in state.withLock({ $0.directs.settle() }) { body() }
     }
 
-    init(id: Int, name: String, user: String?, door: String, address: String, sink: any SessionSink) {
+    init(id: Int, name: String, user: String?, door: String, address: String, sink: any SessionSink, turn: NextTurn? = nil) {
         self.id = id
         self.door = door
         self.address = address
@@ -100,6 +103,7 @@ public final class Session: Sendable {
         self.sink = sink
         self.loop = sink.eventLoop
         self.loopID = ObjectIdentifier(sink.eventLoop)
+        self.turn = turn
         self.state = Mutex(State(name: name, user: user))
     }
 

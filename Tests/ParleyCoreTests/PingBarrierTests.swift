@@ -76,6 +76,56 @@ struct HeldHub {
     }
 }
 
+@Suite struct LocalDeliveryTests {
+    /// A publishing pass hands a message to its own loop's members without a task only while none of
+    /// the hub's tasks waits there: a JOIN queued before the pass reaches the members first.
+    @Test func aMessageComesAfterAJoinStillQueuedOnTheLoop() throws {
+        let held = HeldHub()
+        let (hub, log, loop, connect) = (held.hub, held.log, held.loop, held.connect)
+        let (speaker, _) = try connect("speaker")
+        let (listener, listenerSink) = try connect("listener")
+        try hub.join(speaker, room: "#dev")
+        try hub.join(listener, room: "#dev")
+        loop.run()
+        try hub.say(speaker, room: "#dev", text: "hello")
+        log.next()  // stored: the publishing pass is queued on the loop
+        // Joins after the pass was queued and before it runs: its JOIN lines are queued behind it.
+        let (newcomer, newcomerSink) = try connect("newcomer")
+        try hub.join(newcomer, room: "#dev")
+        loop.run()
+        func order(_ sink: RecordingSink) -> [String] {
+            sink.lines.compactMap { line in
+                if line.contains("text: \"hello\"") { return "hello" }
+                if line.contains("join") && line.contains("newcomer") { return "join" }
+                return nil
+            }
+        }
+        // The room as it is when the message is published: the newcomer gets it, after its JOIN.
+        #expect(order(newcomerSink) == ["join", "hello"])
+        #expect(order(listenerSink) == ["join", "hello"])
+    }
+
+    /// With nothing of the hub's queued, the pass hands the message over itself, in room order.
+    @Test func messagesPublishedOnTheirLoopKeepTheirOrder() throws {
+        let held = HeldHub()
+        let (hub, log, loop, connect) = (held.hub, held.log, held.loop, held.connect)
+        let (speaker, speakerSink) = try connect("speaker")
+        let (listener, listenerSink) = try connect("listener")
+        try hub.join(speaker, room: "#dev")
+        try hub.join(listener, room: "#dev")
+        loop.run()
+        for index in 1...5 { try hub.say(speaker, room: "#dev", text: "m\(index)") }
+        for _ in 1...5 { log.next() }
+        loop.run()
+        let expected = (1...5).map { "m\($0)" }
+        func texts(_ sink: RecordingSink) -> [String] {
+            sink.lines.compactMap { line in expected.first { line.contains("text: \"\($0)\"") } }
+        }
+        #expect(texts(listenerSink) == expected)
+        #expect(texts(speakerSink) == expected)
+    }
+}
+
 @Suite struct PingBarrierTests {
     /// A PING waits for the messages accepted before it in its client's rooms, and for nothing else.
     @Test func aPingWaitsForItsRoomsMessagesOnly() throws {
