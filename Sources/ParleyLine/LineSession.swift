@@ -19,7 +19,10 @@ public final class LineSession {
     private let config: LineDoorConfig
     private let sink: any LineSessionSink
     private let eventLoop: any EventLoop
-    private var framer: LineFramer
+    /// `@exclusivity(unchecked)` on `framer` and `flood`: no run-time exclusivity check per line.
+    /// Their only modifying accesses are their own mutating methods (`next`, `spend`), which call no
+    /// code that could reach this session again.
+    @exclusivity(unchecked) private var framer: LineFramer
     private var session: Session?
     /// The room plain lines go to (the line protocol's idea; the hub has none).
     private var currentRoom: String?
@@ -36,7 +39,7 @@ public final class LineSession {
     private let turn: NextTurn?
     /// The transport wanted to read while the session was paused.
     private var readPending = false
-    private var flood: FloodBucket
+    @exclusivity(unchecked) private var flood: FloodBucket
     private var toldAboutFlood = false
     private var quietTimer: Scheduled<Void>?
     private var wroteSinceFlush = false

@@ -274,9 +274,11 @@ enum RoomChunks {
 /// One transaction's room messages, gathered by room for `RoomChunks`. Used by the writer thread alone;
 /// kept across transactions so its storage is reused.
 final class RoomChunkBatch {
-    private var rooms: [String: Int] = [:]
-    private var chunks: [(room: String, messages: [RoomMessage])] = []
-    private var body: [UInt8] = []
+    // @exclusivity(unchecked): no run-time exclusivity check per message added. The batch lives on the
+    // writer's thread alone, and no access is held across a call that could reach it again.
+    @exclusivity(unchecked) private var rooms: [String: Int] = [:]
+    @exclusivity(unchecked) private var chunks: [(room: String, messages: [RoomMessage])] = []
+    @exclusivity(unchecked) private var body: [UInt8] = []
 
     func clear() {
         rooms.removeAll(keepingCapacity: true)
