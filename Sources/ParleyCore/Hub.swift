@@ -1375,7 +1375,8 @@ struct LocalDelivery {
     let then: PublishedHandler<RoomMessage>?
     let message: RoomMessage
 
-    func run() {
+    /// Consuming: the caller's value is moved in, not copied (a retain and release of each field).
+    consuming func run() {
         plan.batches[index].deliver(copies, except: except, echo: echo)
         then?(.success(message))
     }
