@@ -1115,7 +1115,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         }
         var text = params[1]
         var kind: MessageKind = command == "NOTICE" ? .notice : command == "TAGMSG" ? .tagOnly : .say
-        if kind == .say, text.hasPrefix("\u{1}ACTION ") {
+        // The first byte first: `hasPrefix` compares by Character, slowly, and most lines are plain.
+        if kind == .say, text.utf8.first == 1, text.hasPrefix("\u{1}ACTION ") {
             kind = .action
             text = String(text.dropFirst(8))
             if text.hasSuffix("\u{1}") { text.removeLast() }
@@ -1133,7 +1134,8 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
     /// One target of a PRIVMSG, NOTICE or TAGMSG.
     private func chat(_ command: String, to target: String, text: String, kind: MessageKind, tags: [MessageTag],
                       session: Session, _ context: ChannelHandlerContext) {
-        if !target.hasPrefix("#") {
+        let toRoom = target.utf8.first == UInt8(ascii: "#")
+        if !toRoom {
             let targetKey = NameRules.key(target)
             if targetKey == "nickserv" || targetKey.hasPrefix("nickserv@") {
                 if command == "PRIVMSG" { nickServ(text, context) }
@@ -1148,7 +1150,7 @@ public final class IRCConnectionHandler: ChannelDuplexHandler, SweptConnection {
         let outcome = ChatOutcome(bound: NIOLoopBound((self, context), eventLoop: context.eventLoop),
                                   command: command, target: target, label: echoLabel)
         do {
-            if target.hasPrefix("#") {
+            if toRoom {
                 try hub.say(session, room: target, text: text, kind: kind, tags: tags, echo: echoLabel == nil,
                             then: { outcome.report($0) { format.message(for: .message($0)) } })
             } else {
