@@ -294,16 +294,30 @@ public struct ColdReads: Sendable {
         count += 1
     }
 
-    /// A work's first reads and the work object itself.
+    /// The work object itself, then its first reads.
     public static func of(_ work: any CommittedWork) -> ColdReads {
-        var reads = work.firstReads
+        var reads = ColdReads()
         reads.add(work)
+        let more = work.firstReads
+        if more.count > 0 { reads.add(more.reads.0) }
+        if more.count > 1 { reads.add(more.reads.1) }
+        if more.count > 2 { reads.add(more.reads.2) }
+        if more.count > 3 { reads.add(more.reads.3) }
+        if more.count > 4 { reads.add(more.reads.4) }
         return reads
     }
 
     /// The places, in the order they were added (tests).
     var addresses: [UInt] {
         Array([reads.0, reads.1, reads.2, reads.3, reads.4, reads.5].prefix(count))
+    }
+
+    /// Starts fetching the first three places only, and returns at once: what the log's writer reads
+    /// (an entry made by `of`, its message and its text), not what the publisher reads of the sender.
+    public func prefetchFirstThree() {
+        parley_prefetch(reads.0, 3)
+        parley_prefetch(reads.1, 3)
+        parley_prefetch(reads.2, 3)
     }
 
     /// Starts the fetches (three cache lines from each place) and returns at once.

@@ -97,7 +97,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                     // The loop made these entries a transaction ago and has run since: they are out of
                     // the cache. Fetch a few ahead the entry and what it points to (its message and
                     // text, which the encoding reads).
-                    if nextRoom + 4 < roomReads.count { roomReads[nextRoom + 4].prefetch() }
+                    if nextRoom + 4 < roomReads.count { roomReads[nextRoom + 4].prefetchFirstThree() }
                     try room(rooms[nextRoom])
                     nextRoom += 1
                 }

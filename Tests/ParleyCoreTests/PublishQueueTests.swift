@@ -130,10 +130,10 @@ import Testing
         for work in works { backlog.append(PublishQueue.Item(work: work, committed: true), room: work.room) }
         func address(_ work: any CommittedWork) -> UInt { UInt(bitPattern: Unmanaged<AnyObject>.passUnretained(work).toOpaque()) }
         var taken: [UInt] = []
-        var hinted: [UInt] = [backlog.firstReadsOfFirst?.addresses.last ?? 0]
+        var hinted: [UInt] = [backlog.firstReadsOfFirst?.addresses.first ?? 0]
         while let item = backlog.popFirst() {
             taken.append(address(item.work))
-            hinted.append(backlog.firstReadsOfFirst?.addresses.last ?? 0)
+            hinted.append(backlog.firstReadsOfFirst?.addresses.first ?? 0)
         }
         #expect(taken == works.map(address))
         // The hint before each pop is the work popped; after the last, there is none.
