@@ -1162,30 +1162,24 @@ public final class Hub: Sendable {
         // The tasks hold the plan (a class) and find their batch by index: capturing a batch (a
         // struct of four arrays and a loop) cost a retain and a release of each, every message.
         var local: LocalDelivery?
-        for index in plan.batches.indices where plan.batches[index].loopID != sender.loopID {
+        func handOver(_ index: Int, echo: Bool, then: PublishedHandler<RoomMessage>?) {
             let turn = plan.batches[index].turn
             if allowLocal, let turn, turn.hubIsCaughtUpHere {
-                local = LocalDelivery(plan: plan, index: index, copies: copies, except: senderSink, echo: false, then: nil, message: message)
-                continue
+                local = LocalDelivery(plan: plan, index: index, copies: copies, except: senderSink, echo: echo, then: then, message: message)
+                return
             }
             turn?.hubTaskQueued()
             plan.batches[index].loop.execute {
-                plan.batches[index].deliver(copies, except: senderSink, echo: false)
-                turn?.hubTaskRan()
-            }
-        }
-        for index in plan.batches.indices where plan.batches[index].loopID == sender.loopID {
-            let turn = plan.batches[index].turn
-            if allowLocal, let turn, turn.hubIsCaughtUpHere {
-                local = LocalDelivery(plan: plan, index: index, copies: copies, except: senderSink, echo: echoCopy, then: then, message: message)
-                continue
-            }
-            turn?.hubTaskQueued()
-            plan.batches[index].loop.execute {
-                plan.batches[index].deliver(copies, except: senderSink, echo: echoCopy)
+                plan.batches[index].deliver(copies, except: senderSink, echo: echo)
                 then?(.success(message))
                 turn?.hubTaskRan()
             }
+        }
+        for index in plan.batches.indices where plan.batches[index].loopID != sender.loopID {
+            handOver(index, echo: false, then: nil)
+        }
+        for index in plan.batches.indices where plan.batches[index].loopID == sender.loopID {
+            handOver(index, echo: echoCopy, then: then)
         }
         counters.deliveries.add(count, ordering: .relaxed)
         return local
