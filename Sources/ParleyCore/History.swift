@@ -377,10 +377,10 @@ public final class PublishQueue: Sendable {
         /// log's thread, which has just stored its message).
         let firstReads: ColdReads
 
-        init(work: any CommittedWork, committed: Bool) {
+        init(work: any CommittedWork, committed: Bool, firstReads: ColdReads? = nil) {
             self.work = work
             self.committed = committed
-            firstReads = ColdReads.of(work)
+            self.firstReads = firstReads ?? ColdReads.of(work)
         }
     }
 
@@ -393,8 +393,15 @@ public final class PublishQueue: Sendable {
 
     /// Queues `works`, each to be run with `committed` (whether their transaction committed).
     public func submit(_ works: [any CommittedWork], committed: Bool) {
+        submit(works, firstReads: works.map(ColdReads.of), committed: committed)
+    }
+
+    /// The same, with each work's `ColdReads.of` taken already (the log takes them as it queues).
+    public func submit(_ works: [any CommittedWork], firstReads: [ColdReads], committed: Bool) {
         enqueue { items in
-            for work in works { items.append(Item(work: work, committed: committed), room: work.room) }
+            for (work, reads) in zip(works, firstReads) {
+                items.append(Item(work: work, committed: committed, firstReads: reads), room: work.room)
+            }
         }
     }
 

@@ -90,7 +90,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         }
 
         /// Visits everything in queue order: before each other job, the messages queued before it.
-        func forEach(room: (any RoomLogEntry) throws -> Void, direct: (Append) throws -> Void, other: (Job) throws -> Void) rethrows {
+        func forEach(room: (any RoomLogEntry, ColdReads) throws -> Void, direct: (Append) throws -> Void, other: (Job) throws -> Void) rethrows {
             var (nextRoom, nextDirect) = (0, 0)
             func messages(upTo end: (rooms: Int, directs: Int)) throws {
                 while nextRoom < end.rooms {
@@ -98,7 +98,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                     // the cache. Fetch a few ahead the entry and what it points to (its message and
                     // text, which the encoding reads).
                     if nextRoom + 4 < roomReads.count { roomReads[nextRoom + 4].prefetchFirstThree() }
-                    try room(rooms[nextRoom])
+                    try room(rooms[nextRoom], roomReads[nextRoom])
                     nextRoom += 1
                 }
                 while nextDirect < end.directs {
@@ -253,29 +253,33 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                 if writes { transactions.add(1, ordering: .relaxed) }
                 let committed = (try? result.get()) != nil
                 // Callbacks bound for a publisher go to it together, in one submission per transaction.
-                var forPublishers: [(PublishQueue, [any CommittedWork])] = []
+                // With the first reads the loop took as it queued each room entry (or, for the rare
+                // direct message with a publisher, taken here).
+                var forPublishers: [(PublishQueue, [any CommittedWork], [ColdReads])] = []
                 var publisherIndex: [ObjectIdentifier: Int] = [:]
                 func handOver() {
-                    for (publisher, works) in forPublishers {
-                        publisher.submit(works, committed: committed)
+                    for (publisher, works, reads) in forPublishers {
+                        publisher.submit(works, firstReads: reads, committed: committed)
                     }
                     forPublishers.removeAll()
                     publisherIndex.removeAll()
                 }
-                func hand(_ work: any CommittedWork, to publisher: PublishQueue?) {
+                func hand(_ work: any CommittedWork, reads: ColdReads?, to publisher: PublishQueue?) {
                     guard let publisher else { return work.run(committed: committed) }
+                    let reads = reads ?? ColdReads.of(work)
                     if let index = publisherIndex[ObjectIdentifier(publisher)] {
                         forPublishers[index].1.append(work)
+                        forPublishers[index].2.append(reads)
                     } else {
                         publisherIndex[ObjectIdentifier(publisher)] = forPublishers.count
-                        forPublishers.append((publisher, [work]))
+                        forPublishers.append((publisher, [work], [reads]))
                     }
                 }
                 var claimIndex = 0
-                jobs.forEach { entry in
-                    hand(entry, to: entry.publisher)
+                jobs.forEach { entry, reads in
+                    hand(entry, reads: reads, to: entry.publisher)
                 } direct: { append in
-                    hand(append, to: append.publisher)
+                    hand(append, reads: nil, to: append.publisher)
                 } other: { job in
                     switch job {
                     case .markPending:
@@ -323,7 +327,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
             try Self.insert(run, db, arena: arena)
             run.removeAll(keepingCapacity: true)
         }
-        try jobs.forEach { entry in
+        try jobs.forEach { entry, _ in
             batch.add(entry.message)
         } direct: { append in
             run.append(append)
