@@ -1355,9 +1355,6 @@ struct DeliveryBatch: Sendable {
     }
 }
 
-/// A room message rendered once per wire format of its room's plan, by format index (nil: that format
-/// shows nothing). One format, the usual case, needs no array: one made per message was an
-/// allocation per message.
 /// A room message's copies for the members on the publishing loop, handed over by the publisher
 /// itself once it has let go of the room's lock (`Hub.deliverToRoom`), then the sender's callback.
 struct LocalDelivery {
@@ -1376,6 +1373,9 @@ struct LocalDelivery {
     }
 }
 
+/// A room message rendered once per wire format of its room's plan, by format index (nil: that format
+/// shows nothing). One format, the usual case, needs no array: one made per message was an
+/// allocation per message.
 enum Renderings: Sendable {
     case one(ByteBuffer?)
     case many([ByteBuffer?])
