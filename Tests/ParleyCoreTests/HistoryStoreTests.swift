@@ -291,6 +291,91 @@ import Testing
         try store.close()
     }
 
+    /// A chunk body keeps everything a message is read back with, whatever varies between its
+    /// messages: senders that come back, one with the same nick from another host, no account,
+    /// kinds, tags, a room written in another case, a serial gap and a clock that went back.
+    @Test func aChunkBodyReadsBackEveryMessageAsWritten() throws {
+        let bob = Speaker(name: "bob", user: "b", host: "10.0.0.2", account: nil)
+        let otherBob = Speaker(name: "bob", user: "b", host: "10.0.0.3", account: nil)
+        let senders = [Self.alice, bob, Self.alice, otherBob, bob, Self.alice, Self.alice]
+        let kinds: [MessageKind] = [.say, .action, .notice, .tagOnly, .say, .say, .say]
+        let times: [Int64] = [0, 5, 5, 3, 400_000, 400_001, 400_001]
+        let messages = senders.indices.map { index in
+            RoomMessage(room: index == 4 ? "#Dev" : "#dev", sender: senders[index], text: index == 3 ? "" : "héllo \(index)", kind: kinds[index],
+                        sequence: 0, time: Milliseconds.date(Self.start + times[index]), serial: index == 5 ? 1_000_000 : UInt64(10 + index),
+                        tags: index == 2 ? [MessageTag("+draft/reply", "1"), MessageTag("+x", nil)] : [])
+        }
+        var writer = RoomChunks.BodyWriter()
+        writer.encode(messages[...])
+        let read = try #require(RoomChunks.decode(Data(writer.bytes)))
+        #expect(read == messages)
+        // A busy room's chunk: each sender written out once, serials and times as small steps.
+        let busy = (1...50).map { (index: Int) -> RoomMessage in
+            let sender = index % 2 == 0 ? Self.alice : bob
+            let time = Milliseconds.date(Self.start + Int64(index / 3))
+            return RoomMessage(room: "#dev", sender: sender, text: "message \(index)", kind: .say, sequence: 0, time: time, serial: 1_000 + UInt64(index))
+        }
+        writer.encode(busy[...])
+        #expect(try #require(RoomChunks.decode(Data(writer.bytes))) == busy)
+        let texts = busy.reduce(0) { $0 + $1.text.utf8.count }
+        // Five bytes a message beside its text; the header, the first serial and time, two senders in full.
+        #expect(writer.bytes.count <= texts + 5 * busy.count + 60)
+    }
+
+    /// Bodies a previous version wrote (each message whole) read as before, beside new ones.
+    @Test func firstFormatChunksStillRead() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteStore(directory: directory)
+        let log = SQLiteMessageLog(store: store)
+        let old = (1...3).map { Self.roomMessage($0) }
+        var body: [UInt8] = []
+        for message in old {
+            RoomChunks.appendVarint(message.serial, to: &body)
+            RoomChunks.appendVarint(UInt64(Milliseconds.from(message.time)), to: &body)
+            body.append(0)
+            for text in [message.sender.name, message.sender.user, message.sender.host] { RoomChunks.appendText(text, to: &body) }
+            RoomChunks.appendOptionalText(message.sender.account, to: &body)
+            RoomChunks.appendText(message.room, to: &body)
+            RoomChunks.appendText(message.text, to: &body)
+            RoomChunks.appendOptionalText(message.serial == 2 ? "+x=y" : nil, to: &body)
+        }
+        let written = Data(body)
+        try await store.pool.write { db in
+            try db.execute(sql: "INSERT INTO chunk (id, target, firstTime, lastTime, count, body) VALUES (3, '#dev', ?, ?, 3, ?)",
+                           arguments: [Milliseconds.from(old[0].time), Milliseconds.from(old[2].time), written])
+        }
+        _ = await append([.room(Self.roomMessage(4))], to: log)
+        let read = try await log.messages(target: "#dev", in: HistoryRange(limit: 10, newestFirst: false)).compactMap { logged in
+            if case .room(let message) = logged { message } else { nil }
+        }
+        #expect(read.map(\.serial) == [1, 2, 3, 4])
+        #expect(read.map(\.text) == ["m1", "m2", "m3", "m4"] && read[1].tags == [MessageTag("+x", "y")] && read[0].sender == Self.alice)
+        await log.close()
+        try store.close()
+    }
+
+    /// A damaged body of the current format reads as nothing rather than as wrong messages.
+    @Test func damagedBodiesReadAsNothing() {
+        var writer = RoomChunks.BodyWriter()
+        writer.encode([Self.roomMessage(1), Self.roomMessage(2)][...])
+        let whole = writer.bytes
+        #expect(RoomChunks.decode(Data(whole))?.count == 2)
+        // Cut short anywhere (between two messages it holds fewer, never wrong ones), an unknown
+        // version, or a sender number never written out.
+        let messages = RoomChunks.decode(Data(whole)) ?? []
+        var readable = 0
+        for length in 1..<whole.count {
+            guard let read = RoomChunks.decode(Data(whole.prefix(length))) else { continue }
+            #expect(read == Array(messages.prefix(read.count)) && read.count < 2, "cut to \(length)")
+            readable += 1
+        }
+        #expect(readable == 2)
+        #expect(RoomChunks.decode(Data([0, 9] + whole.dropFirst(2))) == nil)
+        var unknownSender: [UInt8] = [0, 2, 4] + Array("#dev".utf8) + [0, 1, 1, 3]
+        RoomChunks.appendText("hi", to: &unknownSender)
+        #expect(RoomChunks.decode(Data(unknownSender)) == nil)
+    }
+
     /// A database written before chunks (one row per message) opens with its room messages in chunks,
     /// readable as before, and its direct messages and pending marks untouched.
     @Test func aVersion2DatabaseMovesItsRoomMessagesIntoChunks() async throws {
