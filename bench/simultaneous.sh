@@ -8,9 +8,10 @@
 # Both servers run on CPU 1 (one event loop each, history on, flood control off), each with its own
 # load generator (NEW_BINARY's `parley load`) on CPU 0; they share the core and whatever the host
 # gives it, so the ratio of their deliveries holds still. Prints NEW/OLD per run, of deliveries and of
-# server CPU per delivery. The scheduler shares the core per thread: a build that moves work between
-# the event loop and the history writer gets a different share, so its deliveries mislead and its
-# CPU per delivery is what to read (and `--history off` cannot be compared this way at all).
+# server CPU per delivery. Where the kernel lets us (cgroup v1's cpu controller, as root), each server
+# runs in a CPU group of its own with equal shares, so the core is split per server, not per thread:
+# a server with a history writer gets no more of it than one without, and deliveries compare. Without
+# the groups the core is shared per thread: read CPU per delivery, and do not weigh --history off.
 set -euo pipefail
 
 # PROTOCOL=line measures the line door instead of the IRC door. OLD_PROTOCOL and NEW_PROTOCOL set
@@ -19,17 +20,40 @@ set -euo pipefail
 PROTOCOL=${PROTOCOL:-irc}
 OLD_PROTOCOL=${OLD_PROTOCOL:-$PROTOCOL}
 NEW_PROTOCOL=${NEW_PROTOCOL:-$PROTOCOL}
+# OLD_SERVE and NEW_SERVE add options to each side's `parley serve`, e.g. the cost of history:
+#   NEW_SERVE="--history off" bench/simultaneous.sh BIN BIN "--scenario rooms ..."
+OLD_SERVE=${OLD_SERVE:-}
+NEW_SERVE=${NEW_SERVE:-}
 OLD=$1; NEW=$2; LOAD=$3; TIMES=${4:-3}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+GROUPS_DIR=/sys/fs/cgroup/cpu
+GROUP_NAME=parley-simultaneous-$$
+if mkdir "$GROUPS_DIR/$GROUP_NAME-old" "$GROUPS_DIR/$GROUP_NAME-new" 2>/dev/null; then
+    echo "each server in a CPU group of its own"
+else
+    GROUPS_DIR=""
+    echo "no CPU groups here: the core is shared per thread"
+fi
+cleanup() {
+    rm -rf "$WORK"
+    if [ -n "$GROUPS_DIR" ]; then rmdir "$GROUPS_DIR/$GROUP_NAME-old" "$GROUPS_DIR/$GROUP_NAME-new" 2>/dev/null || true; fi
+}
+trap cleanup EXIT
 
-# Starts BINARY on CPU 1, runs the load on CPU 0, writes deliveries/s and CPU ns per delivery to OUT.
+# Starts BINARY (with SERVE options, in group SIDE) on CPU 1, runs the load on CPU 0, writes deliveries/s and CPU ns per delivery to OUT.
 run() {
-    local binary=$1 out=$2 PROTOCOL=$3 data
+    local binary=$1 out=$2 PROTOCOL=$3 serve=$4 side=$5 data
     data=$(mktemp -d -p "$WORK")
-    taskset -c 1 "$binary" serve --data-dir "$data" --no-console --threads 1 --flood-rate 0 \
-        --listen "$PROTOCOL://127.0.0.1:0" > "$data/log" 2>&1 &
+    # The server's threads start after it joins its group: they are born in it.
+    if [ -n "$GROUPS_DIR" ]; then
+        sh -c 'echo $$ > "$1"; shift; exec "$@"' sh "$GROUPS_DIR/$GROUP_NAME-$side/cgroup.procs" \
+            taskset -c 1 "$binary" serve --data-dir "$data" --no-console --threads 1 --flood-rate 0 \
+            --listen "$PROTOCOL://127.0.0.1:0" $serve > "$data/log" 2>&1 &
+    else
+        taskset -c 1 "$binary" serve --data-dir "$data" --no-console --threads 1 --flood-rate 0 \
+            --listen "$PROTOCOL://127.0.0.1:0" $serve > "$data/log" 2>&1 &
+    fi
     local pid=$!
     for _ in $(seq 100); do grep -q "listening $PROTOCOL" "$data/log" && break; sleep 0.1; done
     local port
@@ -40,8 +64,8 @@ run() {
 }
 
 for round in $(seq "$TIMES"); do
-    run "$OLD" "$WORK/old" "$OLD_PROTOCOL" & first=$!
-    run "$NEW" "$WORK/new" "$NEW_PROTOCOL" & second=$!
+    run "$OLD" "$WORK/old" "$OLD_PROTOCOL" "$OLD_SERVE" old & first=$!
+    run "$NEW" "$WORK/new" "$NEW_PROTOCOL" "$NEW_SERVE" new & second=$!
     wait "$first" "$second"
     python3 -c 'import sys
 (o, oc), (n, nc) = [map(float, open(f).read().split()) for f in sys.argv[1:3]]
