@@ -474,14 +474,22 @@ struct RoomBacklog<Item> {
     /// Items the first room may still give in this visit, so that a room whose messages keep coming
     /// does not hold the others back.
     private var visitLeft = 0
+    /// The slot the last item went to.
+    private var lastAppended = 0
     private(set) var count = 0
 
     var isEmpty: Bool { count == 0 }
 
     mutating func append(_ item: Item, room: String) {
         count += 1
+        // Consecutive items are mostly one room's: its slot is checked before the names are hashed.
+        if lastAppended < queues.count, queues[lastAppended].room == room, !queues[lastAppended].items.isEmpty {
+            queues[lastAppended].items.append(item)
+            return
+        }
         if let slot = slots[room] {
             queues[slot].items.append(item)
+            lastAppended = slot
             return
         }
         let slot: Int
@@ -495,6 +503,7 @@ struct RoomBacklog<Item> {
         queues[slot].items.append(item)
         slots[room] = slot
         visits.append(slot)
+        lastAppended = slot
     }
 
     mutating func popFirst() -> Item? {
