@@ -211,6 +211,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
         var lastBatch = 0
         let arena = TextArena()
         let batch = RoomChunkBatch()
+        let handover = Handover()
         var jobs = Queued()
         while true {
             _ = wake.wait(timeout: .now() + .seconds(1))
@@ -252,28 +253,9 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                 if case .success(let done) = result { touchedRooms.formUnion(done.rooms) }
                 if writes { transactions.add(1, ordering: .relaxed) }
                 let committed = (try? result.get()) != nil
-                // Callbacks bound for a publisher go to it together, in one submission per transaction.
-                // With the first reads the loop took as it queued each room entry (or, for the rare
-                // direct message with a publisher, taken here).
-                var forPublishers: [(PublishQueue, [any CommittedWork], [ColdReads])] = []
-                var publisherIndex: [ObjectIdentifier: Int] = [:]
-                func handOver() {
-                    for (publisher, works, reads) in forPublishers {
-                        publisher.submit(works, firstReads: reads, committed: committed)
-                    }
-                    forPublishers.removeAll()
-                    publisherIndex.removeAll()
-                }
                 func hand(_ work: any CommittedWork, reads: ColdReads?, to publisher: PublishQueue?) {
                     guard let publisher else { return work.run(committed: committed) }
-                    let reads = reads ?? ColdReads.of(work)
-                    if let index = publisherIndex[ObjectIdentifier(publisher)] {
-                        forPublishers[index].1.append(work)
-                        forPublishers[index].2.append(reads)
-                    } else {
-                        publisherIndex[ObjectIdentifier(publisher)] = forPublishers.count
-                        forPublishers.append((publisher, [work], [reads]))
-                    }
+                    handover.add(work, reads: reads ?? ColdReads.of(work), for: publisher)
                 }
                 var claimIndex = 0
                 jobs.forEach { entry, reads in
@@ -286,7 +268,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                         break
                     case .barrier(let body):
                         // Everything before the barrier is handed over before it runs.
-                        handOver()
+                        handover.handOver(committed: committed)
                         body()
                     case .claim(_, let continuation):
                         switch result {
@@ -298,7 +280,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
                         stop = continuation
                     }
                 }
-                handOver()
+                handover.handOver(committed: committed)
                 if case .success = result { messagesStored.add(jobs.messages, ordering: .relaxed) }
             }
             if let stop {
@@ -617,6 +599,52 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
 
     static func escapeLike(_ text: String) -> String {
         text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "%", with: "\\%").replacingOccurrences(of: "_", with: "\\_")
+    }
+}
+
+/// A transaction's committed work gathered per publishing queue, so that each queue (one per event
+/// loop) gets one submission a transaction, with the first reads the loop took as it queued each room
+/// entry. Used by the writer thread alone, and kept across transactions so that its arrays keep their
+/// storage: gathered afresh, with a dictionary from queue to group, the hand-over was a quarter of the
+/// writer's thread (hashing, dynamic exclusivity checks on captured variables, arrays regrown).
+final class Handover {
+    // @exclusivity(unchecked): no run-time exclusivity check per message. Only the writer's thread
+    // uses a handover, and no access is held across a call that could reach it again (`submit` is
+    // given copies of the arrays, which are emptied only after it returns).
+    @exclusivity(unchecked) private var groups: [(publisher: PublishQueue, works: [any CommittedWork], reads: [ColdReads])] = []
+    /// Groups in use this transaction (`groups` beyond it keep their storage for later ones).
+    @exclusivity(unchecked) private var used = 0
+    /// The group the last work went to: consecutive works mostly share a queue.
+    @exclusivity(unchecked) private var last = 0
+
+    func add(_ work: any CommittedWork, reads: ColdReads, for publisher: PublishQueue) {
+        if last >= used || groups[last].publisher !== publisher {
+            // A few queues (one per event loop): a look along them beats hashing.
+            last = (0..<used).first { groups[$0].publisher === publisher } ?? open(for: publisher)
+        }
+        groups[last].works.append(work)
+        groups[last].reads.append(reads)
+    }
+
+    private func open(for publisher: PublishQueue) -> Int {
+        if used == groups.count {
+            groups.append((publisher, [], []))
+        } else {
+            groups[used].publisher = publisher
+        }
+        used += 1
+        return used - 1
+    }
+
+    /// Submits each queue's works, in the order they were added, then empties the groups.
+    func handOver(committed: Bool) {
+        for index in 0..<used {
+            groups[index].publisher.submit(groups[index].works, firstReads: groups[index].reads, committed: committed)
+            groups[index].works.removeAll(keepingCapacity: true)
+            groups[index].reads.removeAll(keepingCapacity: true)
+        }
+        used = 0
+        last = 0
     }
 }
 

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOEmbedded
 @testable import ParleyCore
+@testable import ParleyStore
 import Synchronization
 import Testing
 
@@ -120,6 +121,41 @@ import Testing
         #expect(backlog.count == 5)
         #expect((0..<5).compactMap { _ in backlog.popFirst() } == ["b1", "b2", "c1", "c2", "a2"])
         #expect(backlog.isEmpty)
+    }
+
+    /// A slot a room emptied and another took is that room's alone: a message of the first room,
+    /// queued right after, waits behind the second's in a slot of its own.
+    @Test func aSlotTakenByAnotherRoomKeepsTheRoomsApart() {
+        var backlog = RoomBacklog<String>()
+        backlog.append("a1", room: "#a")
+        #expect(backlog.popFirst() == "a1")
+        backlog.append("c1", room: "#c")
+        backlog.append("a2", room: "#a")
+        backlog.append("c2", room: "#c")
+        #expect((0..<3).compactMap { _ in backlog.popFirst() } == ["c1", "c2", "a2"])
+    }
+
+    /// The history writer's hand-over gives each loop's queue its own works, in order, with the
+    /// transaction's outcome, and starts empty for the next transaction.
+    @Test func theWritersHandoverGivesEachQueueItsWorksInOrder() {
+        let runs = Mutex<[String]>([])
+        let (firstLoop, _, first) = attachedQueue()
+        let (secondLoop, _, second) = attachedQueue()
+        let handover = Handover()
+        func work(_ name: String) -> Work { Work { committed in runs.withLock { $0.append("\(name) \(committed)") } } }
+        for (name, queue) in [("a1", first), ("b1", second), ("a2", first), ("b2", second), ("a3", first)] {
+            handover.add(work(name), reads: ColdReads(), for: queue)
+        }
+        handover.handOver(committed: true)
+        firstLoop.run()
+        #expect(runs.withLock { $0 } == ["a1 true", "a2 true", "a3 true"])
+        secondLoop.run()
+        #expect(runs.withLock { $0 } == ["a1 true", "a2 true", "a3 true", "b1 true", "b2 true"])
+        handover.add(work("b3"), reads: ColdReads(), for: second)
+        handover.handOver(committed: false)
+        firstLoop.run()
+        secondLoop.run()
+        #expect(runs.withLock { $0 }.suffix(2) == ["b2 true", "b3 false"])
     }
 
     /// A pass asks the cache for the next item's memory while it runs one: the hint must name the
