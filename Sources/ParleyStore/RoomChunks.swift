@@ -410,12 +410,20 @@ final class RoomChunkBatch {
         chunks.removeAll(keepingCapacity: true)
     }
 
+    /// The chunk the last message went to.
+    @exclusivity(unchecked) private var last = 0
+
     /// Adds a room message.
     func add(_ message: RoomMessage) {
         let room = message.room
-        if let index = rooms[room] {
+        // Consecutive messages are mostly one room's: its chunk is checked before the name is hashed.
+        if last < chunks.count, chunks[last].room == room {
+            chunks[last].messages.append(message)
+        } else if let index = rooms[room] {
             chunks[index].messages.append(message)
+            last = index
         } else {
+            last = chunks.count
             rooms[room] = chunks.count
             chunks.append((room, [message]))
         }
