@@ -116,10 +116,13 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
 
     private let pool: DatabasePool
     private let retention: Retention
-    /// A batch this large means load; one this large is worth committing without delay.
+    /// A batch this large means load; one this large is worth committing without delay. A commit's
+    /// fixed part (BEGIN, the database header page, the rooms' index pages, SQLite's locks) is shared
+    /// by what it holds: in rooms 2,048 against 256 gave commits of ~2,750 messages instead of ~775
+    /// and 1-4% more deliveries, the same latency.
     static let busyBatch = 32
-    static let fullBatch = 256
-    static let commitDelayMicroseconds: UInt32 = 2000
+    static let fullBatch = 2048
+    static let commitDelayMicroseconds: UInt32 = 4000
     /// How long a batch must go without growing before it is committed: what the loop may sit idle
     /// for when everything in flight waits on this commit (500 µs gave 10 to 25% fewer deliveries).
     static let commitDelayStep: UInt32 = 100
@@ -221,7 +224,7 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
             // messages a transaction (36 with the yield, and 13 to 25% more deliveries).
             if lastBatch > 0 { sched_yield() }
             // Commit delay: a transaction costs a few hundred microseconds whatever it holds. Under load
-            // (the last batch held `busyBatch` messages or more), let a small batch grow for up to 2 ms,
+            // (the last batch held `busyBatch` messages or more), let a small batch grow for up to 4 ms,
             // but only while it is growing: once a step passes with nothing new, the loops have handed
             // over what they had and their clients are waiting for this commit (with a few hundred
             // messages in flight, waiting for a full batch was 2 ms of idle per commit). At rest a
