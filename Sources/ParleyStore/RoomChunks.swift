@@ -184,6 +184,8 @@ enum RoomChunks {
         /// The message names its room itself: it differs from the body's (in case only, once a room
         /// was recreated as `#Dev` where it was `#dev`).
         static let ownRoom: UInt8 = 1 << 4
+        /// Any other bit set means a body this version cannot read.
+        static let known: UInt8 = kindMask | newSender | tags | ownRoom
     }
 
     /// Encodes chunk bodies, keeping its buffers for the next one. The current format (2):
@@ -348,7 +350,7 @@ enum RoomChunks {
             while !atEnd {
                 let flags = bytes[offset]
                 offset += 1
-                guard let serialStep = varint(), let timeStep = varint() else { return nil }
+                guard flags & ~Flag.known == 0, let serialStep = varint(), let timeStep = varint() else { return nil }
                 serial = serial &+ serialStep
                 time = time &+ unzigzag(timeStep)
                 let sender: Speaker

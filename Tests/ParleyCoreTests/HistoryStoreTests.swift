@@ -371,6 +371,11 @@ import Testing
         }
         #expect(readable == 2)
         #expect(RoomChunks.decode(Data([0, 9] + whole.dropFirst(2))) == nil)
+        // A flag this version does not know (the first message's flags byte follows the 2-byte
+        // header and the room, 1 + 4 bytes).
+        var unknownFlag = whole
+        unknownFlag[7] |= 0x80
+        #expect(RoomChunks.decode(Data(unknownFlag)) == nil)
         var unknownSender: [UInt8] = [0, 2, 4] + Array("#dev".utf8) + [0, 1, 1, 3]
         RoomChunks.appendText("hi", to: &unknownSender)
         #expect(RoomChunks.decode(Data(unknownSender)) == nil)
