@@ -190,7 +190,7 @@ enum RoomChunks {
 
     /// Encodes chunk bodies, keeping its buffers for the next one. The current format (2):
     ///
-    ///     0x00 0x02 room-name
+    ///     0x00 0x02 message-count room-name
     ///     per message: flags, serial (varint, the difference from the previous message's, the first
     ///     from 0), time (zigzag varint of milliseconds, likewise), then the sender written out (name,
     ///     user, host, account) or the number of an earlier written-out sender (varint), the room if
@@ -214,6 +214,7 @@ enum RoomChunks {
             guard let room = messages.first?.room else { return }
             bytes.append(formatMarker)
             bytes.append(formatVersion)
+            appendVarint(UInt64(messages.count), to: &bytes)
             appendText(room, to: &bytes)
             var (serial, time): (UInt64, Int64) = (0, 0)
             for index in messages.indices {
@@ -257,9 +258,11 @@ enum RoomChunks {
         }
     }
 
-    /// Whether two senders store the same: the body keeps name, user, host and account.
+    /// Whether two senders store the same bytes: the body keeps name, user, host and account. Names,
+    /// hosts and accounts are ASCII, where `==` is byte equality; an IRC user name may be any text, and
+    /// `==` would take two spellings of one canonical form for the same.
     static func sameStoredSender(_ a: Speaker, _ b: Speaker) -> Bool {
-        a.name == b.name && a.user == b.user && a.host == b.host && a.account == b.account
+        a.name == b.name && a.host == b.host && a.account == b.account && a.user.utf8.elementsEqual(b.user.utf8)
     }
 
     static func zigzag(_ value: Int64) -> UInt64 {
@@ -337,13 +340,19 @@ enum RoomChunks {
             return .some(text)
         }
 
+        /// Whether a time read from a body could be a message's (within about 285,000 years of 1970):
+        /// a damaged body's would otherwise make a date that traps when turned back into milliseconds.
+        static func plausible(_ milliseconds: Int64) -> Bool {
+            milliseconds.magnitude < 1 << 53
+        }
+
         /// Every message of the body, in either format.
         mutating func messages() -> [RoomMessage]? {
             guard offset < bytes.count, bytes[offset] == formatMarker else { return firstFormatMessages() }
             offset += 1
             guard offset < bytes.count, bytes[offset] == formatVersion else { return nil }
             offset += 1
-            guard let room = text() else { return nil }
+            guard let count = varint(), let room = text() else { return nil }
             var senders: [Speaker] = []
             var messages: [RoomMessage] = []
             var (serial, time): (UInt64, Int64) = (0, 0)
@@ -373,10 +382,12 @@ enum RoomChunks {
                     guard let written = self.text() else { return nil }
                     tags = written
                 }
+                guard Self.plausible(time) else { return nil }
                 messages.append(RoomMessage(room: ownRoom, sender: sender, text: text, kind: SQLiteMessageLog.kind(Int(flags & Flag.kindMask)),
                                             sequence: 0, time: Milliseconds.date(time), serial: serial, tags: TagCoding.decode(tags)))
             }
-            return messages
+            // A body cut between two messages would otherwise read as fewer messages.
+            return count == UInt64(messages.count) ? messages : nil
         }
 
         /// The first format: each message whole, as serial and time (varints), kind, sender, user,
@@ -388,7 +399,8 @@ enum RoomChunks {
                 let kind = SQLiteMessageLog.kind(Int(bytes[offset]))
                 offset += 1
                 guard let name = text(), let user = text(), let host = text(), let account = optionalText(),
-                      let room = text(), let text = text(), let tags = optionalText() else { return nil }
+                      let room = text(), let text = text(), let tags = optionalText(),
+                      Self.plausible(Int64(bitPattern: time)) else { return nil }
                 messages.append(RoomMessage(room: room, sender: Speaker(name: name, user: user, host: host, account: account), text: text,
                                             kind: kind, sequence: 0, time: Milliseconds.date(Int64(bitPattern: time)), serial: serial,
                                             tags: TagCoding.decode(tags)))

@@ -570,6 +570,8 @@ public final class SQLiteMessageLog: MessageLog, Sendable {
 
     // MARK: Rows
 
+    /// Chunk bodies keep a kind in two bits (`RoomChunks.Flag.kindMask`): a fifth kind needs a new
+    /// body format.
     static func kindCode(_ kind: MessageKind) -> Int {
         switch kind {
         case .say: return 0

@@ -360,25 +360,40 @@ import Testing
         writer.encode([Self.roomMessage(1), Self.roomMessage(2)][...])
         let whole = writer.bytes
         #expect(RoomChunks.decode(Data(whole))?.count == 2)
-        // Cut short anywhere (between two messages it holds fewer, never wrong ones), an unknown
-        // version, or a sender number never written out.
-        let messages = RoomChunks.decode(Data(whole)) ?? []
-        var readable = 0
-        for length in 1..<whole.count {
-            guard let read = RoomChunks.decode(Data(whole.prefix(length))) else { continue }
-            #expect(read == Array(messages.prefix(read.count)) && read.count < 2, "cut to \(length)")
-            readable += 1
-        }
-        #expect(readable == 2)
+        // Cut short anywhere (between two messages too: the header counts them), an unknown version,
+        // or a sender number never written out.
+        for length in 1..<whole.count { #expect(RoomChunks.decode(Data(whole.prefix(length))) == nil, "cut to \(length)") }
         #expect(RoomChunks.decode(Data([0, 9] + whole.dropFirst(2))) == nil)
-        // A flag this version does not know (the first message's flags byte follows the 2-byte
-        // header and the room, 1 + 4 bytes).
+        // A flag this version does not know (the first message's flags byte follows the marker, the
+        // version, the count and the room, 1 + 4 bytes).
         var unknownFlag = whole
-        unknownFlag[7] |= 0x80
+        unknownFlag[8] |= 0x80
         #expect(RoomChunks.decode(Data(unknownFlag)) == nil)
-        var unknownSender: [UInt8] = [0, 2, 4] + Array("#dev".utf8) + [0, 1, 1, 3]
+        let header: [UInt8] = [0, 2, 1, 4] + Array("#dev".utf8)
+        var unknownSender = header + [0, 1, 1, 3]
         RoomChunks.appendText("hi", to: &unknownSender)
         #expect(RoomChunks.decode(Data(unknownSender)) == nil)
+        // A time no message could have (turned back into milliseconds, its date would trap), in
+        // either format.
+        var farTime = header + [RoomChunks.Flag.newSender, 1]
+        RoomChunks.appendVarint(RoomChunks.zigzag(1 << 60), to: &farTime)
+        for text in ["alice", "alice", "127.0.0.1"] { RoomChunks.appendText(text, to: &farTime) }
+        farTime += [0]
+        RoomChunks.appendText("hi", to: &farTime)
+        #expect(RoomChunks.decode(Data(farTime)) == nil)
+        var farTimeFirstFormat: [UInt8] = [1]
+        RoomChunks.appendVarint(UInt64(bitPattern: Int64.min), to: &farTimeFirstFormat)
+        farTimeFirstFormat += [0]
+        for text in ["alice", "alice", "127.0.0.1"] { RoomChunks.appendText(text, to: &farTimeFirstFormat) }
+        farTimeFirstFormat += [0]
+        for text in ["#dev", "hi"] { RoomChunks.appendText(text, to: &farTimeFirstFormat) }
+        farTimeFirstFormat += [0]
+        #expect(RoomChunks.decode(Data(farTimeFirstFormat)) == nil)
+        // The same bodies with a plausible time read (so the checks above fail for the time alone).
+        var nearTime = header + [RoomChunks.Flag.newSender, 1]
+        RoomChunks.appendVarint(RoomChunks.zigzag(Self.start), to: &nearTime)
+        nearTime += farTime[(header.count + 2 + 9)...]
+        #expect(RoomChunks.decode(Data(nearTime))?.first?.text == "hi")
     }
 
     /// A database written before chunks (one row per message) opens with its room messages in chunks,
