@@ -29,32 +29,46 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 WORK=$(mktemp -d)
 GROUPS_DIR=/sys/fs/cgroup/cpu
 GROUP_NAME=parley-simultaneous-$$
-if mkdir "$GROUPS_DIR/$GROUP_NAME-old" "$GROUPS_DIR/$GROUP_NAME-new" 2>/dev/null; then
-    echo "each server in a CPU group of its own"
+if mkdir "$GROUPS_DIR/$GROUP_NAME-old" 2>/dev/null; then
+    if mkdir "$GROUPS_DIR/$GROUP_NAME-new" 2>/dev/null; then
+        echo "each server in a CPU group of its own"
+    else
+        rmdir "$GROUPS_DIR/$GROUP_NAME-old"
+        GROUPS_DIR=""
+    fi
 else
     GROUPS_DIR=""
-    echo "no CPU groups here: the core is shared per thread"
 fi
+[ -n "$GROUPS_DIR" ] || echo "no CPU groups here: the core is shared per thread"
+# Stops whatever a failed run left in a group (a group with a process in it cannot be removed).
 cleanup() {
+    if [ -n "$GROUPS_DIR" ]; then
+        for side in old new; do
+            xargs -r kill < "$GROUPS_DIR/$GROUP_NAME-$side/cgroup.procs" 2>/dev/null || true
+            for _ in $(seq 50); do rmdir "$GROUPS_DIR/$GROUP_NAME-$side" 2>/dev/null && break; sleep 0.1; done
+        done
+    fi
     rm -rf "$WORK"
-    if [ -n "$GROUPS_DIR" ]; then rmdir "$GROUPS_DIR/$GROUP_NAME-old" "$GROUPS_DIR/$GROUP_NAME-new" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 
 # Starts BINARY (with SERVE options, in group SIDE) on CPU 1, runs the load on CPU 0, writes deliveries/s and CPU ns per delivery to OUT.
 run() {
-    local binary=$1 out=$2 PROTOCOL=$3 serve=$4 side=$5 data
+    local binary=$1 out=$2 PROTOCOL=$3 serve=$4 side=$5 data extra
     data=$(mktemp -d -p "$WORK")
-    # The server's threads start after it joins its group: they are born in it.
+    read -ra extra <<< "$serve"
+    local server=(taskset -c 1 "$binary" serve --data-dir "$data" --no-console --threads 1 --flood-rate 0
+                  --listen "$PROTOCOL://127.0.0.1:0" "${extra[@]}")
     if [ -n "$GROUPS_DIR" ]; then
-        sh -c 'echo $$ > "$1"; shift; exec "$@"' sh "$GROUPS_DIR/$GROUP_NAME-$side/cgroup.procs" \
-            taskset -c 1 "$binary" serve --data-dir "$data" --no-console --threads 1 --flood-rate 0 \
-            --listen "$PROTOCOL://127.0.0.1:0" $serve > "$data/log" 2>&1 &
+        # The server's threads start after it joins its group: they are born in it.
+        sh -c 'echo $$ > "$1" || exit 1; shift; exec "$@"' sh "$GROUPS_DIR/$GROUP_NAME-$side/cgroup.procs" \
+            "${server[@]}" > "$data/log" 2>&1 &
     else
-        taskset -c 1 "$binary" serve --data-dir "$data" --no-console --threads 1 --flood-rate 0 \
-            --listen "$PROTOCOL://127.0.0.1:0" $serve > "$data/log" 2>&1 &
+        "${server[@]}" > "$data/log" 2>&1 &
     fi
     local pid=$!
+    # This run is a subshell of its own: a failed load still stops its server.
+    trap 'kill "$pid" 2>/dev/null || true' EXIT
     for _ in $(seq 100); do grep -q "listening $PROTOCOL" "$data/log" && break; sleep 0.1; done
     local port
     port=$(grep -o "$PROTOCOL://127.0.0.1:[0-9]*" "$data/log" | head -1 | cut -d: -f3)
