@@ -354,6 +354,31 @@ import Testing
         try store.close()
     }
 
+    /// The writer's batch gathers each room's messages of a transaction into that room's chunk
+    /// however they interleave, and starts over for the next transaction.
+    @Test func aTransactionsRoomsEachGetTheirOwnChunk() throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let store = try SQLiteStore(directory: directory)
+        let batch = RoomChunkBatch()
+        let rooms = ["#a", "#a", "#b", "#a", "#c", "#b", "#b"]
+        for (index, room) in rooms.enumerated() { batch.add(Self.roomMessage(UInt64(index + 1), room: room)) }
+        var wrote: [String] = []
+        try store.pool.write { db in try batch.insert(db) { wrote.append($0) } }
+        // Chunks in order of their last serials.
+        #expect(wrote == ["#a", "#c", "#b"])
+        batch.add(Self.roomMessage(8, room: "#c"))
+        batch.add(Self.roomMessage(9, room: "#a"))
+        try store.pool.write { db in try batch.insert(db) { _ in } }
+        let chunks = try store.pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT target, body FROM chunk ORDER BY id").map { row in
+                (row["target"] as String, RoomChunks.decode(row["body"])?.map(\.serial) ?? [])
+            }
+        }
+        #expect(chunks.map(\.0) == ["#a", "#c", "#b", "#c", "#a"])
+        #expect(chunks.map(\.1) == [[1, 2, 4], [5], [3, 6, 7], [8], [9]])
+        try store.close()
+    }
+
     /// A damaged body of the current format reads as nothing rather than as wrong messages.
     @Test func damagedBodiesReadAsNothing() {
         var writer = RoomChunks.BodyWriter()
