@@ -1350,7 +1350,7 @@ struct DeliveryBatch: Sendable {
             }
         }
         if echo, senderIndex >= 0, let senderCopy = copies[Int(formats[senderIndex])] {
-            senderCopy.withUnsafeReadableBytes { sender.deliver($0) }
+            senderCopy.withUnsafeReadableBytes { sender.deliverAcknowledgement($0) }
         }
     }
 }

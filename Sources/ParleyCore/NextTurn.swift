@@ -77,6 +77,9 @@ public final class NextTurn: @unchecked Sendable {
     /// Connections with output gathered and not yet written, to be flushed together (`flushSoon`).
     private var unflushed: [ChannelSink] = []
     private var flushing: [ChannelSink] = []
+    /// Of those, the ones holding a sender's acknowledgement, written first (`flushFirst`).
+    private var unflushedFirst: [ChannelSink] = []
+    private var flushingFirst: [ChannelSink] = []
     private var flushArmed = false
     /// Turns the flush has been put off by so far.
     private var flushDeferrals = 0
@@ -100,6 +103,13 @@ public final class NextTurn: @unchecked Sendable {
         later { self.flushGathered() }
     }
 
+    /// Writes `sink` ahead of the others in the coming flush; it must already wait for that flush
+    /// (`flushSoon`). Call on the loop, once per sink until it is flushed.
+    func flushFirst(_ sink: ChannelSink) {
+        loop.assertInEventLoop()
+        unflushedFirst.append(sink)
+    }
+
     private func flushGathered() {
         // Other work in this turn or put off to the next (a publishing pass, connections waiting for
         // their turn to read on) means a busy loop, whose next pass will likely add to the output.
@@ -110,6 +120,13 @@ public final class NextTurn: @unchecked Sendable {
         }
         flushArmed = false
         swap(&unflushed, &flushing)
+        swap(&unflushedFirst, &flushingFirst)
+        // Worth it when the senders are a few among many members (fan-out); when most are senders
+        // (rooms) there is nothing to put them ahead of.
+        if flushingFirst.count * 4 < flushing.count {
+            for sink in flushingFirst { sink.flushAcknowledgement() }
+        }
+        flushingFirst.removeAll(keepingCapacity: true)
         for sink in flushing { sink.flushFromTurn() }
         flushing.removeAll(keepingCapacity: true)
     }

@@ -20,6 +20,9 @@ public protocol SessionSink: AnyObject, Sendable {
     /// The bytes are lent for the call (the hub's one rendering, shared by every recipient): a sink
     /// that keeps them copies them.
     func deliver(_ bytes: UnsafeRawBufferPointer)
+    /// The sender's own copy of its message, which tells it the message was accepted: `deliver`,
+    /// and written ahead of the other connections' output in the loop's next gathered flush.
+    func deliverAcknowledgement(_ bytes: UnsafeRawBufferPointer)
     /// Sends `finalBytes` (when given), then closes the connection.
     func disconnect(finalBytes: ByteBuffer?)
     /// Whether the sender gets a copy of its own room and direct messages.
@@ -32,6 +35,10 @@ extension SessionSink {
     public func deliver(_ bytes: UnsafeRawBufferPointer) {
         enqueue(ByteBuffer(bytes: bytes))
         flushQueued()
+    }
+
+    public func deliverAcknowledgement(_ bytes: UnsafeRawBufferPointer) {
+        deliver(bytes)
     }
 }
 

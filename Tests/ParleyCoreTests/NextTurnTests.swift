@@ -77,6 +77,52 @@ import Testing
         Array(text.utf8).withUnsafeBytes { sink.deliver($0) }
     }
 
+    /// Records which connection's channel is flushed, in order, across connections.
+    final class FlushOrder: ChannelOutboundHandler {
+        typealias OutboundIn = ByteBuffer
+        let name: String
+        let order: Box
+        final class Box { var names: [String] = [] }
+        init(_ name: String, _ order: Box) {
+            self.name = name
+            self.order = order
+        }
+        func flush(context: ChannelHandlerContext) {
+            order.names.append(name)
+            context.flush()
+        }
+    }
+
+    /// Connections named `names` on one loop, each recording its flushes in `order`.
+    func connections(_ names: [String], _ loop: EmbeddedEventLoop, _ turn: NextTurn, _ order: FlushOrder.Box) throws -> [ChannelSink] {
+        try names.map { name in
+            let channel = EmbeddedChannel(loop: loop)
+            try channel.pipeline.syncOperations.addHandler(FlushOrder(name, order))
+            return ChannelSink(channel: channel, format: EventFormat(), closeGrace: .seconds(1), turn: turn) { _ in nil }
+        }
+    }
+
+    /// A sender's own copy (its acknowledgement) is written ahead of the members that came before it
+    /// in the flush, once, when the senders are few among those flushed (fan-out); when most are
+    /// senders (rooms) the flush keeps its order.
+    @Test func aFewSendersAcknowledgementsAreWrittenFirst() throws {
+        let loop = EmbeddedEventLoop()
+        let turn = NextTurn(loop: loop)
+        turn.attach {}
+        let order = FlushOrder.Box()
+        let sinks = try connections(["m1", "m2", "m3", "m4", "sender"], loop, turn, order)
+        for sink in sinks.dropLast() { deliver("hi\n", to: sink) }
+        Array("hi\n".utf8).withUnsafeBytes { sinks[4].deliverAcknowledgement($0) }
+        turn.run()
+        #expect(order.names == ["sender", "m1", "m2", "m3", "m4"])
+        // Most of them senders: the order they were given output in.
+        order.names.removeAll()
+        for sink in sinks.prefix(2) { deliver("hi\n", to: sink) }
+        for sink in sinks.suffix(3) { Array("hi\n".utf8).withUnsafeBytes { sink.deliverAcknowledgement($0) } }
+        turn.run()
+        #expect(order.names == ["m1", "m2", "m3", "m4", "sender"])
+    }
+
     /// Everything written to `channel` so far, one string per write.
     func writes(_ channel: EmbeddedChannel) throws -> [String] {
         var all: [String] = []
