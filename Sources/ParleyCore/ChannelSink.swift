@@ -35,8 +35,15 @@ public final class ChannelSink: SessionSink {
     private let closing = Atomic<Bool>(false)
     /// A flush is already queued on the loop: everything enqueued before it runs goes out in one write.
     private let flushScheduled = Atomic<Bool>(false)
-    /// An acknowledgement waits in the gathered output: the loop's next flush writes this sink first.
-    private let acknowledgementQueued = Atomic<Bool>(false)
+    /// Where a sender's acknowledgement is in the loop's coming flush (`deliverAcknowledgement`).
+    private let acknowledgement = Atomic<UInt8>(AcknowledgementState.none)
+    private enum AcknowledgementState {
+        static let none: UInt8 = 0
+        /// On the turn's list of sinks to write first.
+        static let queued: UInt8 = 1
+        /// Written ahead of the others in this flush: everything gathered was flushed then.
+        static let writtenAhead: UInt8 = 2
+    }
     private let wantsOwnMessages: Atomic<Bool>
     /// Read by the hub on other threads; changed by the door (for example when IRC capabilities change).
     private let currentFormat: Mutex<any WireFormat>
@@ -117,15 +124,17 @@ public final class ChannelSink: SessionSink {
     public func deliverAcknowledgement(_ bytes: UnsafeRawBufferPointer) {
         gather(bytes)
         flushQueued()
-        guard let turn, !isClosing, !acknowledgementQueued.load(ordering: .relaxed) else { return }
-        acknowledgementQueued.store(true, ordering: .relaxed)
+        guard let turn, !isClosing, acknowledgement.load(ordering: .relaxed) == AcknowledgementState.none else { return }
+        acknowledgement.store(AcknowledgementState.queued, ordering: .relaxed)
         turn.flushFirst(self)
     }
 
-    /// The flush that `deliverAcknowledgement` asked to come first is due (the flag is cleared by
-    /// `flushFromTurn`, later in the same flush).
+    /// The flush that `deliverAcknowledgement` asked to come first is due (`flushFromTurn`, later in
+    /// the same flush, resets the state).
     func flushAcknowledgement() {
+        guard acknowledgement.load(ordering: .relaxed) == AcknowledgementState.queued else { return }
         flushNow()
+        acknowledgement.store(AcknowledgementState.writtenAhead, ordering: .relaxed)
     }
 
     /// Checks the loop in debug builds only. `channel.eventLoop.assertInEventLoop()` would still call
@@ -185,12 +194,10 @@ public final class ChannelSink: SessionSink {
     /// The queued flush (`flushQueued`) is due.
     func flushFromTurn() {
         flushScheduled.store(false, ordering: .relaxed)
-        // Written first in this same flush, with nothing gathered since: no second flush of the
-        // channel (in rooms every member is a sender).
-        if acknowledgementQueued.load(ordering: .relaxed) {
-            acknowledgementQueued.store(false, ordering: .relaxed)
-            if gathered.count == 0 { return }
-        }
+        // Written first in this same flush, with nothing gathered since: no second flush. (Only
+        // then: a sink that was not written ahead may hold output handed to the channel unflushed.)
+        let state = acknowledgement.exchange(AcknowledgementState.none, ordering: .relaxed)
+        if state == AcknowledgementState.writtenAhead && gathered.count == 0 { return }
         flushNow()
     }
 

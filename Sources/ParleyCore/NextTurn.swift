@@ -10,7 +10,7 @@ import Synchronization
 /// loop is woken through a pipe it watches (`attach`), so it comes up among the sockets' reads of the
 /// next turn, in the order it was put off. Before a pipe is attached (tests, or a loop without one)
 /// it runs as a task instead.
-// @unchecked Sendable: `waiting`, `running`, `armed`, `wake` and the flush list are read and written
+// @unchecked Sendable: `waiting`, `running`, `armed`, `wake` and the flush lists are read and written
 // only on `loop` (`later`, `attach`, `detach`, `run` and `flushSoon` assert it); `loop` is a constant.
 public final class NextTurn: @unchecked Sendable {
     public let loop: any EventLoop

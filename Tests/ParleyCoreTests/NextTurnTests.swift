@@ -121,6 +121,19 @@ import Testing
         for sink in sinks.suffix(3) { Array("hi\n".utf8).withUnsafeBytes { sink.deliverAcknowledgement($0) } }
         turn.run()
         #expect(order.names == ["m1", "m2", "m3", "m4", "sender"])
+        // Again most of them senders, one with more than a chunk gathered (part of it handed to the
+        // channel unflushed before the turn): every byte is flushed.
+        order.names.removeAll()
+        let big = String(repeating: "x", count: ChannelSink.writeChunk + 100) + "\n"
+        for sink in sinks.suffix(4) { Array(big.utf8).withUnsafeBytes { sink.deliverAcknowledgement($0) } }
+        turn.run()
+        #expect(order.names == ["m2", "m3", "m4", "sender"])
+        // And a few senders again: the first ones go first once more.
+        order.names.removeAll()
+        for sink in sinks.dropLast() { deliver("hi\n", to: sink) }
+        Array("hi\n".utf8).withUnsafeBytes { sinks[4].deliverAcknowledgement($0) }
+        turn.run()
+        #expect(order.names == ["sender", "m1", "m2", "m3", "m4"])
     }
 
     /// Everything written to `channel` so far, one string per write.
